@@ -1,0 +1,266 @@
+"""Semantic cache: one in-memory hnswlib index per category, documents in Redis.
+
+* Lookup: vector search in memory, restricted to the request's exact partition and
+  to entries not yet expired. A miss costs no Redis round-trip; a hit costs one
+  (read the answer and count the hit, pipelined).
+* Store: one pipelined round-trip (HSET + EXPIRE, plus DEL of anything evicted).
+  Redis expires documents by itself (native TTL); the index drops them lazily.
+* Quota: at `max_entries` the least recently used entry (last hit or insertion) is
+  evicted from both the index and Redis. LRU keeps answers people still ask for,
+  which is what a cache in front of an LLM is for; expired entries go first.
+* Restart: vectors are stored with the documents, so the indexes are rebuilt from
+  Redis on start-up and nothing Redis kept is lost.
+* Redis errors never reach the client: a failed read is a miss, a failed write is
+  not indexed (index and Redis stay consistent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import hnswlib
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from policies.schema import PolicyConfig
+
+log = logging.getLogger("controller.cache")
+
+_FIELDS = ("category", "partition", "tenant", "expires", "vector")
+
+
+@dataclass
+class Entry:
+    """In-memory shadow of one Redis document (enough to search without Redis)."""
+
+    label: int
+    key: str
+    partition: str
+    tenant: str
+    expires: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A served cache hit."""
+
+    response: dict[str, Any]
+    similarity: float
+    key: str
+
+
+class CategoryIndex:
+    """The hnswlib index and LRU bookkeeping of one category."""
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        self.dim = dim
+        self.capacity = capacity
+        self.index = hnswlib.Index(space="cosine", dim=dim)
+        self.index.init_index(max_elements=capacity, ef_construction=100, M=16, allow_replace_deleted=True)
+        self.index.set_ef(64)
+        self.index.set_num_threads(1)
+        self.entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order: oldest first
+        self._next_label = 0
+
+    def resize(self, capacity: int) -> list[Entry]:
+        """Apply a new quota; returns entries that no longer fit (to delete from Redis)."""
+        evicted = []
+        while len(self.entries) > capacity:
+            evicted.append(self.remove(next(iter(self.entries))))
+        if capacity > self.index.get_max_elements():
+            self.index.resize_index(capacity)
+        self.capacity = capacity
+        return evicted
+
+    def search(self, vector: np.ndarray, partition: str, now: float) -> tuple[Entry, float] | None:
+        """Nearest live entry of `partition`, with its cosine similarity."""
+        if not self.entries:
+            return None
+        entries = self.entries
+
+        def allowed(label: int) -> bool:
+            entry = entries.get(label)
+            return entry is not None and entry.partition == partition and entry.expires > now
+
+        try:
+            labels, distances = self.index.knn_query(vector, k=1, filter=allowed)
+        except RuntimeError:  # no element passes the filter
+            return None
+        label = int(labels[0][0])
+        return entries[label], 1.0 - float(distances[0][0])
+
+    def touch(self, label: int) -> None:
+        """Mark an entry as just used (LRU)."""
+        self.entries.move_to_end(label)
+
+    def add(self, vector: np.ndarray, entry_for_label) -> tuple[Entry, list[Entry]]:
+        """Insert a vector; returns the new entry and the entries evicted to make room."""
+        evicted = self.purge_expired(time.time())
+        while len(self.entries) >= self.capacity:
+            evicted.append(self.remove(next(iter(self.entries))))
+        label = self._next_label  # labels are never reused, so a stale label can't alias
+        self._next_label += 1
+        # Deleted slots count towards hnswlib's capacity: reuse one once the index is full.
+        full = self.index.get_current_count() >= self.index.get_max_elements()
+        self.index.add_items(vector[None, :], [label], replace_deleted=full)
+        entry = entry_for_label(label)
+        self.entries[label] = entry
+        return entry, evicted
+
+    def remove(self, label: int) -> Entry:
+        """Drop an entry from the index (the caller deletes the Redis document)."""
+        entry = self.entries.pop(label)
+        self.index.mark_deleted(label)
+        return entry
+
+    def purge_expired(self, now: float) -> list[Entry]:
+        """Drop entries whose TTL has passed (Redis already expired their documents)."""
+        dead = [label for label, e in self.entries.items() if e.expires <= now]
+        return [self.remove(label) for label in dead]
+
+
+class SemanticCache:
+    """Category-aware semantic cache over Redis documents and in-memory hnswlib indexes."""
+
+    def __init__(self, client: aioredis.Redis, config: PolicyConfig, dim: int, prefix: str = "va") -> None:
+        self.redis = client
+        self.dim = dim
+        self.prefix = prefix
+        self.indexes: dict[str, CategoryIndex] = {}
+        self.evictions: dict[str, int] = {}
+        self.configure(config)
+
+    def configure(self, config: PolicyConfig) -> list[Entry]:
+        """Create or resize each category's index for `config` (on start-up and reload)."""
+        evicted: list[Entry] = []
+        for cat in config.categories:
+            quota = cat.policy.max_entries
+            if cat.name in self.indexes:
+                evicted += self.indexes[cat.name].resize(quota)
+            else:
+                self.indexes[cat.name] = CategoryIndex(self.dim, quota)
+        return evicted
+
+    def size(self, category: str) -> int:
+        """Live entries of `category` in memory."""
+        return len(self.indexes[category].entries) if category in self.indexes else 0
+
+    async def lookup(
+        self, category: str, partition: str, vector: np.ndarray, threshold: float
+    ) -> Hit | None:
+        """The cached answer for a query, or None (no Redis round-trip unless a candidate passes)."""
+        index = self.indexes.get(category)
+        if index is None:
+            return None
+        found = index.search(vector, partition, time.time())
+        if found is None or found[1] < threshold:
+            return None
+        entry, similarity = found
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(entry.key, "response")
+            pipe.hincrby(entry.key, "hits", 1)
+            raw, _ = await pipe.execute()
+        except RedisError as exc:
+            log.warning("redis read failed, serving a miss: %s", exc)
+            return None
+        if raw is None:  # expired or deleted in Redis before our shadow noticed
+            index.remove(entry.label)
+            await self._delete([entry.key])  # drop the hits counter HINCRBY just created
+            return None
+        index.touch(entry.label)
+        return Hit(json.loads(raw), similarity, entry.key)
+
+    async def store(
+        self, category: str, partition: str, tenant: str, vector: np.ndarray,
+        query: str, response: dict[str, Any], ttl_seconds: int, meta: dict[str, str],
+    ) -> str | None:
+        """Cache an answer; returns its Redis key, or None if Redis refused it."""
+        index = self.indexes[category]
+        now = time.time()
+        key = f"{self.prefix}:doc:{category}:{uuid.uuid4().hex}"
+        entry, evicted = index.add(
+            vector, lambda label: Entry(label, key, partition, tenant, now + ttl_seconds)
+        )
+        if evicted:
+            self.evictions[category] = self.evictions.get(category, 0) + len(evicted)
+        doc = {
+            "category": category, "partition": partition, "tenant": tenant, "query": query,
+            "response": json.dumps(response), "created": now, "expires": now + ttl_seconds,
+            "hits": 0, "vector": vector.astype(np.float32).tobytes(), **meta,
+        }
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping=doc)
+            pipe.expire(key, ttl_seconds)
+            if evicted:
+                pipe.delete(*[e.key for e in evicted])
+            await pipe.execute()
+        except RedisError as exc:
+            log.warning("redis write failed, answer not cached: %s", exc)
+            index.remove(entry.label)
+            return None
+        return key
+
+    async def invalidate(self, category: str | None = None, tenant: str | None = None) -> int:
+        """Delete entries of a category and/or tenant (all when both are None)."""
+        doomed: list[Entry] = []
+        for name, index in self.indexes.items():
+            if category is not None and name != category:
+                continue
+            for label in [l for l, e in index.entries.items() if tenant is None or e.tenant == tenant]:
+                doomed.append(index.remove(label))
+        await self._delete([e.key for e in doomed])
+        if category is None and tenant is None:  # also documents of categories no longer configured
+            await self._delete([k async for k in self.redis.scan_iter(f"{self.prefix}:doc:*", count=1000)])
+        return len(doomed)
+
+    async def _delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            try:
+                await self.redis.delete(*keys[start : start + 1000])
+            except RedisError as exc:  # Redis TTLs still bound how long they linger
+                log.warning("redis delete failed: %s", exc)
+
+    async def rebuild(self) -> int:
+        """Re-index every live document Redis holds (start-up after a restart)."""
+        loaded = 0
+        now = time.time()
+        batch: list[str] = []
+        async for key in self.redis.scan_iter(f"{self.prefix}:doc:*", count=1000):
+            batch.append(key.decode() if isinstance(key, bytes) else key)
+            if len(batch) >= 1000:
+                loaded += await self._load(batch, now)
+                batch = []
+        if batch:
+            loaded += await self._load(batch, now)
+        return loaded
+
+    async def _load(self, keys: list[str], now: float) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, *_FIELDS)
+        loaded = 0
+        for key, values in zip(keys, await pipe.execute()):
+            if values[0] is None:
+                continue  # expired between SCAN and HMGET
+            category, partition, tenant, expires, vector = (
+                v.decode() if i < 4 else v for i, v in enumerate(values)
+            )
+            index = self.indexes.get(category)
+            if index is None or float(expires) <= now:
+                continue  # category not configured now: left for its TTL or an invalidate
+            vec = np.frombuffer(vector, dtype=np.float32)
+            _, evicted = index.add(
+                vec, lambda label: Entry(label, key, partition, tenant, float(expires))
+            )
+            await self._delete([e.key for e in evicted])
+            loaded += 1
+        return loaded

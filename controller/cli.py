@@ -1,0 +1,148 @@
+"""`adaptive-controller`: run the caching proxy, check a policy file, or bring up the demo stack.
+
+    adaptive-controller check configs/policies.yaml
+    adaptive-controller serve --config configs/policies.yaml --backend http://127.0.0.1:8100
+    adaptive-controller up          # vLLM (CPU, SmolLM2, plugin) + controller + Redis
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from vllm_adaptive import envs
+
+DEFAULT_CONFIG = "configs/policies.yaml"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded Redis keeps its data (append-only file and snapshots)."""
+    return envs.home() / "redis"
+
+
+def _check(args: argparse.Namespace) -> int:
+    from controller.app import load_policies
+    from policies.schema import PolicyError
+
+    try:
+        config = load_policies(Path(args.config))
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(config.categories)} categories, default {config.default_category!r})")
+    print(json.dumps(config.model_dump(), indent=2))
+    return 0
+
+
+def run_controller(args: argparse.Namespace, ready=None) -> int:
+    """Serve until SIGINT/SIGTERM; with no --redis, own an embedded Redis meanwhile."""
+    import uvicorn
+
+    from controller import embeddings
+    from controller.app import Settings, create_app
+    from controller.redis_server import EmbeddedRedis
+    from policies.schema import PolicyError
+
+    embedded = None
+    redis_url = args.redis
+    if redis_url is None:
+        embedded = EmbeddedRedis(Path(args.data_dir), port=args.redis_port).start()
+        redis_url = embedded.url
+        print(f"adaptive-controller: embedded Redis at {redis_url}, data in {args.data_dir}", flush=True)
+    try:
+        settings = Settings(
+            config_path=Path(args.config), backends=args.backend, redis_url=redis_url,
+            admin_token=args.admin_token or os.environ.get("ADAPTIVE_ADMIN_TOKEN"),
+        )
+        try:
+            app = create_app(settings, embeddings.load(args.encoder))
+        except PolicyError as exc:
+            print(f"adaptive-controller: refusing to start, invalid policy file:\n{exc}", file=sys.stderr)
+            return 2
+
+        def on_sighup(signum, frame) -> None:
+            try:
+                app.state.s.reload()
+            except PolicyError as exc:
+                logging.getLogger("controller").error("reload refused, old policy still active:\n%s", exc)
+
+        signal.signal(signal.SIGHUP, on_sighup)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+        server = uvicorn.Server(config)
+        if ready is not None:
+            ready(server)
+        server.run()
+        return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `serve` and `up`."""
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="policy YAML (default: %(default)s)")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="Redis to keep documents in; default: start an embedded redis-server")
+    p.add_argument("--data-dir", default=str(default_data_dir()),
+                   help="embedded Redis data directory (default: %(default)s)")
+    p.add_argument("--redis-port", type=int, default=None, help="embedded Redis port (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--admin-token", default=None,
+                   help="enables /admin/* (X-Admin-Token header); or set ADAPTIVE_ADMIN_TOKEN")
+    p.add_argument("--encoder", default="minilm-int8-onnx",
+                   choices=["minilm-int8-onnx", "minilm-fp32-torch"], help="query embedding model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptive-controller",
+        description="Category-aware semantic cache and router in front of vLLM servers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="validate a policy YAML file and print it")
+    check.add_argument("config", help="policy YAML file")
+
+    serve = sub.add_parser(
+        "serve", help="run the OpenAI-compatible caching proxy",
+        description="OpenAI-compatible proxy (/v1/chat/completions, /v1/completions, /v1/models) "
+        "with a semantic cache; /metrics for Prometheus; SIGHUP or POST /admin/reload re-reads --config.",
+    )
+    add_serve_options(serve)
+    serve.add_argument("--backend", action="append", required=True, metavar="URL",
+                       help="vLLM server base URL, e.g. http://127.0.0.1:8100 (repeatable)")
+
+    up = sub.add_parser(
+        "up", help="start vLLM (with the adaptive plugin) + controller + Redis: the demo stack",
+        description="Start a vLLM server with the adaptive plugin on the offline SmolLM2 model, "
+        "then the controller in front of it with an embedded Redis. Ctrl-C stops everything.",
+    )
+    add_serve_options(up)
+    up.add_argument("--model", default=None, help="model folder (default: the offline SmolLM2 folder)")
+    up.add_argument("--vllm-port", type=int, default=8100)
+    up.add_argument("--vllm-log", default=None, help="file for the vLLM server's log")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    envs.set_offline()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "serve":
+        return run_controller(args)
+    from controller.stack import run_stack
+
+    return run_stack(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the controller (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Per-category cache metrics in a registry of their own (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.lookups = Counter("adaptive_cache_lookups", "Cache lookups", ["category"], registry=r)
+        self.hits = Counter("adaptive_cache_hits", "Cache hits served", ["category"], registry=r)
+        self.misses = Counter("adaptive_cache_misses", "Cache misses", ["category"], registry=r)
+        self.bypass = Counter(
+            "adaptive_cache_bypass", "Requests not looked up (uncacheable or no-cache)",
+            ["category", "reason"], registry=r,
+        )
+        self.stores = Counter("adaptive_cache_stores", "Answers stored", ["category"], registry=r)
+        self.hit_similarity = Histogram(
+            "adaptive_cache_hit_similarity", "Cosine similarity of served hits", ["category"],
+            buckets=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0), registry=r,
+        )
+        self.lookup_seconds = Histogram(
+            "adaptive_cache_lookup_seconds", "Cache lookup latency, embedding excluded",
+            ["category", "result"],
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1), registry=r,
+        )
+        self.embed_seconds = Histogram(
+            "adaptive_embedding_seconds", "Query embedding latency",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), registry=r,
+        )
+        self.entries = Gauge("adaptive_cache_entries", "Entries indexed", ["category"], registry=r)
+        self.evictions = Gauge(
+            "adaptive_cache_evictions", "Quota evictions since start", ["category"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "adaptive_upstream_errors", "Backend connection failures", ["backend"], registry=r
+        )

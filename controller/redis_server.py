@@ -1,0 +1,98 @@
+"""An embedded `redis-server` that the controller starts, owns and stops.
+
+Used when no `--redis URL` is given, and by the test fixtures. Persistence is on
+(append-only file plus RDB snapshots) under `data_dir`, so cached answers survive a
+controller restart.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A `redis-server` child process on 127.0.0.1 with persistence under `data_dir`."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, binary: str = "redis-server"):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.binary = shutil.which(binary)
+        if self.binary is None:
+            raise RuntimeError(
+                "redis-server not found: install Debian's package (apt-get install redis-server) "
+                "or pass --redis URL of a running server"
+            )
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--dir", str(self.data_dir),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "60 1",
+                "--protected-mode", "yes",
+                "--daemonize", "no",
+                "--logfile", str(self.data_dir / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"redis-server did not start on port {self.port}; "
+                        f"see {self.data_dir / 'redis.log'}"
+                    ) from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server; SIGTERM makes it flush its append-only file first."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

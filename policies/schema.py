@@ -1,0 +1,155 @@
+"""Schema of the controller's policy YAML, with errors that name file, line and field.
+
+Pure: :func:`parse_policies` takes the YAML text and a source name (for messages),
+never a path to open.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class PolicyError(ValueError):
+    """An invalid policy document; ``str()`` is ``file:line: field: message`` lines."""
+
+    def __init__(self, source: str, problems: list[tuple[int | None, str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [
+            f"{source}:{line if line is not None else '?'}: {field or '<document>'}: {msg}"
+            for line, field, msg in problems
+        ]
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CategoryPolicy(_Strict):
+    """How the cache treats one category."""
+
+    similarity_threshold: float = Field(ge=0.0, le=1.0, description="cosine similarity for a hit")
+    ttl_seconds: int = Field(gt=0, description="lifetime of an entry (Redis native TTL)")
+    max_entries: int = Field(gt=0, description="quota: entries kept before eviction")
+    cacheable: bool = True
+    cache_sampled: bool = Field(
+        default=False, description="also cache requests with temperature > 0"
+    )
+    compute_profile: str = Field(default="full", min_length=1)
+
+
+class Category(_Strict):
+    """A named class of queries, recognised by examples (embeddings) and/or keywords."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9_][a-z0-9_-]*$")
+    description: str = ""
+    examples: list[str] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+    policy: CategoryPolicy
+
+
+class PolicyConfig(_Strict):
+    """The whole policy file."""
+
+    version: int = Field(default=1, ge=1, le=1)
+    default_category: str
+    tenant_header: str = Field(
+        default="authorization",
+        description="header whose value partitions the cache (default: the Bearer API key)",
+    )
+    history_window: int = Field(
+        default=4, ge=0, description="preceding chat turns that are part of the cache key"
+    )
+    min_category_similarity: float = Field(
+        default=0.3, ge=-1.0, le=1.0,
+        description="below this centroid similarity a query falls to default_category",
+    )
+    categories: list[Category] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> PolicyConfig:
+        names = [c.name for c in self.categories]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate category names: {', '.join(dupes)}")
+        if self.default_category not in names:
+            raise ValueError(
+                f"default_category {self.default_category!r} is not one of: {', '.join(names)}"
+            )
+        for cat in self.categories:
+            if cat.name != self.default_category and not (cat.examples or cat.keywords):
+                raise ValueError(
+                    f"category {cat.name!r} needs examples or keywords to be recognised"
+                )
+        return self
+
+    def category(self, name: str) -> Category:
+        """The category called `name` (KeyError if unknown)."""
+        for cat in self.categories:
+            if cat.name == name:
+                return cat
+        raise KeyError(name)
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at `loc` (or of its deepest existing parent)."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    child, line = v, k.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if 0 <= key < len(node.value):
+                child = node.value[key]
+                line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _field_path(loc: tuple[Any, ...], data: Any) -> str:
+    """`categories[2].policy.ttl_seconds`, with category names where known."""
+    parts: list[str] = []
+    cursor = data
+    for key in loc:
+        if isinstance(key, int):
+            name = cursor[key].get("name") if isinstance(cursor, list) and isinstance(
+                cursor[key], dict
+            ) else None
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{key}{'=' + name if name else ''}]"]
+        else:
+            parts.append(str(key))
+        try:
+            cursor = cursor[key]
+        except (KeyError, IndexError, TypeError):
+            cursor = None
+    return ".".join(parts)
+
+
+def parse_policies(text: str, source: str = "<policies>") -> PolicyConfig:
+    """Validate policy YAML `text`; raise :class:`PolicyError` naming `source`, line and field."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise PolicyError(source, [(line, "", f"not valid YAML: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise PolicyError(source, [(1, "", "expected a mapping at the top level")])
+    try:
+        return PolicyConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            problems.append((_node_line(root, loc), _field_path(loc, data), err["msg"]))
+        raise PolicyError(source, problems) from None

@@ -1,0 +1,130 @@
+"""Controller in front of a real vLLM server (SmolLM2, adaptive plugin), over real HTTP and Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.engine
+
+
+def ask(url, content, key="sk-a", stream=False, **extra):
+    body = {"model": "smollm2", "temperature": 0, "max_tokens": 24, "stream": stream,
+            "messages": [{"role": "user", "content": content}], **extra}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def sse_events(text):
+    events = [line[6:] for line in text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+@pytest.fixture
+async def flushed(redis_client):
+    return redis_client
+
+
+def test_chat_through_controller_is_generated_by_smollm2_with_plugin(vllm_server, start_controller, flushed):
+    ctl = start_controller([vllm_server])
+    first = ask(ctl.url, "What is the capital of France?")
+    assert first.status_code == 200, first.text
+    assert first.headers["x-cache"] == "MISS" and first.headers["x-cache-category"] == "factual"
+    assert "Paris" in first.json()["choices"][0]["message"]["content"]
+    models = httpx.get(ctl.url + "/v1/models", timeout=30).json()["data"]
+    assert models[0]["id"] == "smollm2"
+    assert models[0]["adaptive"]["active"] is True
+    assert models[0]["adaptive"]["workers"][0]["runtime_model_class"] == "AdaptiveLlamaForCausalLM"
+
+    paraphrase = ask(ctl.url, "What's the capital city of France?")
+    assert paraphrase.headers["x-cache"] == "HIT"
+    assert float(paraphrase.headers["x-cache-similarity"]) < 1.0
+    assert paraphrase.json()["choices"] == first.json()["choices"]
+    other_tenant = ask(ctl.url, "What is the capital of France?", key="sk-b")
+    assert other_tenant.headers["x-cache"] == "MISS"
+    sampled = ask(ctl.url, "What is the capital of France?", temperature=0.8)
+    assert sampled.headers["x-cache"] == "BYPASS"
+    bypass = httpx.post(ctl.url + "/v1/chat/completions", timeout=120, headers={
+        "Authorization": "Bearer sk-a", "Cache-Control": "no-cache"}, json={
+        "model": "smollm2", "temperature": 0, "max_tokens": 8,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    assert bypass.headers["x-cache"] == "BYPASS"
+    metrics = httpx.get(ctl.url + "/metrics").text
+    assert 'adaptive_cache_hits_total{category="factual"} 1.0' in metrics
+
+
+def test_streamed_miss_is_cached_and_hit_replays_valid_sse(vllm_server, start_controller, flushed):
+    ctl = start_controller([vllm_server])
+    miss = ask(ctl.url, "Who wrote the play Hamlet?", stream=True)
+    assert miss.headers["x-cache"] == "MISS" and miss.headers["content-type"].startswith("text/event-stream")
+    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in sse_events(miss.text))
+    hit = ask(ctl.url, "Who wrote the play Hamlet?", stream=True)
+    assert hit.headers["x-cache"] == "HIT"
+    events = sse_events(hit.text)
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == streamed
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    as_json = ask(ctl.url, "Who wrote the play Hamlet?")
+    assert as_json.headers["x-cache"] == "HIT"
+    assert as_json.json()["choices"][0]["message"]["content"] == streamed
+
+
+def test_completions_endpoint_and_bad_requests(vllm_server, start_controller, flushed):
+    ctl = start_controller([vllm_server])
+    body = {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
+    first = httpx.post(ctl.url + "/v1/completions", json=body, timeout=120)
+    second = httpx.post(ctl.url + "/v1/completions", json=body, timeout=120)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert second.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]
+    bad = httpx.post(ctl.url + "/v1/chat/completions", content=b"{not json", timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    unknown = httpx.post(ctl.url + "/v1/chat/completions", timeout=30, headers={"X-Adaptive-Category": "nope"},
+                         json={"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "x-adaptive-category"
+    upstream_4xx = ask(ctl.url, "hi", max_tokens=-3)  # vLLM's own validation error is passed through
+    assert upstream_4xx.status_code == 400 and "error" in upstream_4xx.json()
+
+
+def test_dead_backend_is_skipped(vllm_server, start_controller, flushed):
+    from controller.redis_server import free_port
+
+    ctl = start_controller([f"http://127.0.0.1:{free_port()}", vllm_server])
+    for topic in ("cats", "dogs", "owls"):
+        reply = ask(ctl.url, f"Name one fact about {topic}", max_tokens=8)
+        assert reply.status_code == 200 and reply.headers["x-backend"] == vllm_server
+    dead_only = start_controller([f"http://127.0.0.1:{free_port()}"])
+    reply = ask(dead_only.url, "Tell me a joke about cats", max_tokens=8)
+    assert reply.status_code == 503 and reply.json()["error"]["type"] == "service_unavailable"
+
+
+def test_invalid_reload_keeps_old_policy(vllm_server, start_controller, policies_path, tmp_path, flushed):
+    config = tmp_path / "policies.yaml"
+    config.write_text(policies_path.read_text())
+    ctl = start_controller([vllm_server], config_path=config)
+    admin = {"X-Admin-Token": ctl.admin_token}
+    config.write_text(policies_path.read_text().replace("max_entries: 20000", "max_entries: -1", 1))
+    refused = httpx.post(ctl.url + "/admin/reload", headers=admin, timeout=30)
+    assert refused.status_code == 422 and "max_entries" in refused.json()["error"]["message"]
+    assert ask(ctl.url, "What is 17 times 23?", max_tokens=8).status_code == 200
+    assert httpx.post(ctl.url + "/admin/reload", timeout=30).status_code == 401
+    config.write_text(policies_path.read_text().replace("similarity_threshold: 0.95, ttl_seconds: 604800", "similarity_threshold: 0.5, ttl_seconds: 604800"))
+    assert httpx.post(ctl.url + "/admin/reload", headers=admin, timeout=30).status_code == 200
+    assert ctl.app.state.s.config.category("math").policy.similarity_threshold == 0.5
+    gone = httpx.post(ctl.url + "/admin/invalidate", headers=admin, json={"category": "math"}, timeout=30)
+    assert gone.json()["invalidated"] == 1
+
+
+def test_invalid_yaml_refuses_to_start(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ndefault_category: chat\ncategories:\n  - name: chat\n    policy:\n"
+                   "      similarity_threshold: 2\n      ttl_seconds: 5\n      max_entries: 5\n")
+    proc = subprocess.run([sys.executable, "-m", "controller.cli", "serve", "--config", str(bad),
+                           "--backend", "http://127.0.0.1:9", "--redis", "redis://127.0.0.1:9/0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"{bad}:6: categories[0=chat].policy.similarity_threshold:" in proc.stderr

