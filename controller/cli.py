@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     envs.set_offline()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return _check(args)

@@ -26,7 +26,8 @@ VLLM_START_TIMEOUT = 600.0
 GRACE_SECONDS = 20.0
 
 
-def _wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> bool:
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> bool:
+    """Poll `url` until it answers 200 (True), `proc` exits or `timeout` passes (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -40,7 +41,7 @@ def _wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> bool:
     return False
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM the process group of `proc`, SIGKILL what is left after the grace period."""
     if proc.poll() is not None:
         return
@@ -54,21 +55,26 @@ def _stop_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048) -> subprocess.Popen:
+    """`vllm-adaptive serve MODEL --plugin adaptive` on 127.0.0.1:`port`, in its own process group."""
+    cmd = [
+        sys.executable, "-m", "vllm_adaptive.cli", "serve", model, "--plugin", "adaptive",
+        "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+        "--max-model-len", str(max_model_len), "--served-model-name", "smollm2",
+    ]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
 def run_stack(args: argparse.Namespace) -> int:
     model = args.model or str(model_store.ensure())
     log_path = args.vllm_log or os.path.join(tempfile.gettempdir(), "vllm-adaptive-vllm.log")
     vllm_url = f"http://127.0.0.1:{args.vllm_port}"
-    cmd = [
-        sys.executable, "-m", "vllm_adaptive.cli", "serve", model, "--plugin", "adaptive",
-        "--host", "127.0.0.1", "--port", str(args.vllm_port),
-        "--enforce-eager", "--max-model-len", "2048", "--served-model-name", "smollm2",
-    ]
     print(f"[up] starting vLLM with the adaptive plugin on {model} (log: {log_path})", flush=True)
-    with open(log_path, "w") as log:
-        vllm = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    vllm = start_vllm(model, args.vllm_port, log_path)
     try:
-        if not _wait_http(vllm_url + "/health", vllm, VLLM_START_TIMEOUT):
+        if not wait_http(vllm_url + "/health", vllm, VLLM_START_TIMEOUT):
             print(f"[up] vLLM did not come up; last lines of {log_path}:", file=sys.stderr)
             with open(log_path) as fh:
                 print("".join(fh.readlines()[-30:]), file=sys.stderr)
@@ -82,7 +88,7 @@ def run_stack(args: argparse.Namespace) -> int:
 
         def announce(server) -> None:
             def watch() -> None:
-                if _wait_http(controller_url + "/health", None, 120):
+                if wait_http(controller_url + "/health", None, 120):
                     print(
                         f"\n[up] controller ready: {controller_url}/v1  (metrics: {controller_url}/metrics)\n"
                         f"[up] try:\n  curl -s {controller_url}/v1/chat/completions -H 'Content-Type: application/json' "
@@ -100,5 +106,5 @@ def run_stack(args: argparse.Namespace) -> int:
 
         return run_controller(args, ready=announce)
     finally:
-        _stop_group(vllm)
+        stop_group(vllm)
         print("[up] stopped", flush=True)

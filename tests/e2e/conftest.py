@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from controller.redis_server import free_port
+from controller.stack import start_vllm, stop_group, wait_http
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
+def wait_ready(url: str, proc=None, timeout: float = 300) -> None:
+    if not wait_http(url, proc, timeout):
+        raise TimeoutError(url)
 
 
 @pytest.fixture(scope="session")
@@ -35,23 +21,15 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     """`vllm-adaptive serve SmolLM2 --plugin adaptive` (the OpenAI server, multi-process)."""
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    cmd = [sys.executable, "-m", "vllm_adaptive.cli", "serve", str(smollm2_dir), "--plugin", "adaptive",
-           "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--max-model-len", "1024",
-           "--served-model-name", "smollm2"]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_vllm(str(smollm2_dir), port, str(log), max_model_len=1024)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + "/health", proc)
     except Exception:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise RuntimeError(Path(log).read_text()[-4000:])
+        stop_group(proc)
+        raise RuntimeError(Path(log).read_text()[-4000:]) from None
     yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_group(proc)
 
 
 class ControllerHandle:

@@ -1,0 +1,139 @@
+"""Lookup cost of the semantic cache with a real redis-server at 1k / 10k / 100k entries.
+
+    python -m bench.cache_lookup [--sizes 1000,10000,100000] [--queries 2000]
+
+Entries are real all-MiniLM-L6-v2 (int8 ONNX) embeddings of distinct QQP questions.
+Miss path: in-memory HNSW search of a question that is not cached (no Redis round-trip).
+Hit path: search of a cached question + one pipelined Redis round-trip (answer + hit count).
+Both are timed without and with the query's embedding. Writes cache_lookup.json/.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from bench import data
+from bench.threshold_study import encode_all
+from controller import embeddings
+from controller.cache import SemanticCache
+from controller.redis_server import EmbeddedRedis
+from policies.schema import parse_policies
+
+ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 400}, "finish_reason": "stop"}]}
+
+
+def questions(n: int) -> list[str]:
+    seen: dict[str, None] = {}
+    for pair in data.qqp_pairs():
+        for q in (pair["a"], pair["b"]):
+            seen.setdefault(q.strip(), None)
+        if len(seen) >= n:
+            break
+    return list(seen)[:n]
+
+
+def pct(xs: list[float]) -> dict[str, float]:
+    arr = np.array(xs) * 1000
+    return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean())}
+
+
+async def run_size(url: str, size: int, vecs: np.ndarray, texts: list[str], probe: np.ndarray,
+                   probe_texts: list[str], encoder, n_queries: int) -> dict:
+    config = parse_policies(
+        f"default_category: qa\ncategories:\n  - name: qa\n    policy: "
+        f"{{similarity_threshold: 0.9, ttl_seconds: 3600, max_entries: {size}}}\n", "bench")
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    cache = SemanticCache(client, config, vecs.shape[1])
+    t0 = time.perf_counter()
+    for i in range(size):
+        await cache.store("qa", "p", "t", vecs[i], texts[i], ANSWER, 3600, {})
+    fill_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    miss_t, hit_t, miss_e, hit_e = [], [], [], []
+    misses = hits = 0
+    for q in range(n_queries):
+        j = int(rng.integers(len(probe)))
+        t0 = time.perf_counter()
+        res = await cache.lookup("qa", "p", probe[j], 1.01)  # above any similarity: always a miss
+        miss_t.append(time.perf_counter() - t0)
+        misses += res is None
+        i = int(rng.integers(size))
+        t0 = time.perf_counter()
+        res = await cache.lookup("qa", "p", vecs[i], 0.5)
+        hit_t.append(time.perf_counter() - t0)
+        hits += res is not None
+        if q < n_queries // 4:  # embedding included, on fewer queries (encoding dominates)
+            t0 = time.perf_counter()
+            await cache.lookup("qa", "p", encoder.encode([probe_texts[j]])[0], 1.01)
+            miss_e.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await cache.lookup("qa", "p", encoder.encode([texts[i]])[0], 0.5)
+            hit_e.append(time.perf_counter() - t0)
+    info = await client.info("memory")
+    await client.aclose()
+    return {"entries": size, "fill_seconds": fill_s, "miss_rate_check": misses / n_queries,
+            "hit_rate_check": hits / n_queries, "miss": pct(miss_t), "hit": pct(hit_t),
+            "miss_with_embedding": pct(miss_e), "hit_with_embedding": pct(hit_e),
+            "redis_used_memory_mb": info["used_memory"] / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = embeddings.load()
+    need = max(sizes) + 2000
+    texts = questions(need)
+    cache_file = out / f"qqp_vectors_{len(texts)}.npy"
+    if cache_file.exists():
+        vecs = np.load(cache_file)
+    else:
+        vecs = encode_all(encoder, texts)
+        np.save(cache_file, vecs)
+    stored, probe = vecs[:-2000], vecs[-2000:]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
+        for size in sizes:
+            row = asyncio.run(run_size(server.url, size, stored, texts, probe, texts[-2000:], encoder, args.queries))
+            print(json.dumps(row))
+            results.append(row)
+    (out / "cache_lookup.json").write_text(json.dumps({"encoder": encoder.name, "results": results}, indent=1))
+    plot(results, out / "cache_lookup.png")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [r["entries"] for r in results]
+    for key in ("miss", "hit", "miss_with_embedding", "hit_with_embedding"):
+        ax.plot(xs, [r[key]["p50_ms"] for r in results], "o-", label=f"{key} p50")
+        ax.plot(xs, [r[key]["p99_ms"] for r in results], "x--", label=f"{key} p99")
+    ax.axhline(2, color="grey", lw=0.8)
+    ax.axhline(3, color="grey", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel="entries in the category", ylabel="ms", title="semantic cache lookup, real Redis")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
