@@ -2,7 +2,8 @@
 
     python -m bench.cache_lookup [--sizes 1000,10000,100000] [--queries 2000]
 
-Entries are real all-MiniLM-L6-v2 (int8 ONNX) embeddings of distinct QQP questions.
+Entries are real all-MiniLM-L6-v2 embeddings of distinct QQP questions (bulk-encoded with the
+fp32 reference; queries with embedding included use the int8 ONNX hot-path encoder).
 Miss path: in-memory HNSW search of a question that is not cached (no Redis round-trip).
 Hit path: search of a cached question + one pipelined Redis round-trip (answer + hit count).
 Both are timed without and with the query's embedding. Writes cache_lookup.json/.png.
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import redis.asyncio as aioredis
 
-from bench import data
+from bench import data, plotting
 from bench.threshold_study import encode_all
 from controller import embeddings
 from controller.cache import SemanticCache
@@ -101,8 +102,8 @@ def main() -> None:
     cache_file = out / f"qqp_vectors_{len(texts)}.npy"
     if cache_file.exists():
         vecs = np.load(cache_file)
-    else:
-        vecs = encode_all(encoder, texts)
+    else:  # bulk fill with the fp32 reference: 2x faster batched, same vectors to ~1e-3
+        vecs = encode_all(embeddings.load("minilm-fp32-torch"), texts)
         np.save(cache_file, vecs)
     stored, probe = vecs[:-2000], vecs[-2000:]
     results = []
@@ -116,12 +117,7 @@ def main() -> None:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plotting.subplots(figsize=(7, 4.5))
     xs = [r["entries"] for r in results]
     for key in ("miss", "hit", "miss_with_embedding", "hit_with_embedding"):
         ax.plot(xs, [r[key]["p50_ms"] for r in results], "o-", label=f"{key} p50")
@@ -129,10 +125,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.axhline(2, color="grey", lw=0.8)
     ax.axhline(3, color="grey", lw=0.8, ls=":")
     ax.set(xscale="log", xlabel="entries in the category", ylabel="ms", title="semantic cache lookup, real Redis")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plotting.save(fig, path, [ax])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Starts `vllm-adaptive serve` on SmolLM2 and a controller (embedded Redis) in fro
 Every prompt is a distinct real ShareGPT first turn and carries `Cache-Control: no-store`, so
 each proxied request takes the full miss path (embed, classify, lookup, forward) and the backend
 does identical work either way. Direct and proxied requests alternate to share machine noise.
-Writes proxy_overhead.json/.png.
+Also records the vLLM server's start-up time (launch to /health) and the peak resident memory
+of its process tree during the run. Writes proxy_overhead.json/.png.
 """
 
 from __future__ import annotations
@@ -23,10 +24,25 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench import data
+from bench import data, plotting
 from controller.redis_server import free_port
 from controller.stack import start_vllm, stop_group, wait_http
 from vllm_adaptive import model_store
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its children (vLLM runs API server, engine, worker)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
 
 
 def timed_post(url: str, body: dict, headers: dict) -> float:
@@ -48,10 +64,13 @@ def main() -> None:
     model = str(model_store.ensure())
     vport, cport = free_port(), free_port()
     tmp = tempfile.mkdtemp()
+    t_start = time.perf_counter()
     vllm = start_vllm(model, vport, os.path.join(tmp, "vllm.log"), max_model_len=1024)
     ctl = None
+    rss: list[float] = []
     try:
         assert wait_http(f"http://127.0.0.1:{vport}/health", vllm, 600), "vLLM did not start"
+        startup_s = time.perf_counter() - t_start
         ctl = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--backend",
                                 f"http://127.0.0.1:{vport}", "--port", str(cport), "--data-dir",
                                 os.path.join(tmp, "redis")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -71,6 +90,7 @@ def main() -> None:
                     "messages": [{"role": "user", "content": p}], "ignore_eos": True}
             direct.append(timed_post(direct_url, body, headers))
             proxied.append(timed_post(proxy_url, body, headers))
+            rss.append(tree_rss_mb(vllm.pid))
     finally:
         if ctl is not None:
             stop_group(ctl)
@@ -79,6 +99,7 @@ def main() -> None:
     diff = p - d
     result = {
         "requests": len(d), "max_tokens": args.max_tokens,
+        "vllm_startup_seconds": startup_s, "vllm_peak_rss_mb": max(rss),
         "direct_ms": {"p50": float(np.median(d)), "p99": float(np.percentile(d, 99))},
         "proxied_ms": {"p50": float(np.median(p)), "p99": float(np.percentile(p, 99))},
         "ratio_p50": float(np.median(p) / np.median(d)),
@@ -86,16 +107,10 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     (out / "proxy_overhead.json").write_text(json.dumps(result, indent=1))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plotting.subplots(figsize=(6, 4))
     ax.boxplot([d, p], tick_labels=["direct to vLLM", "through controller (miss path)"])
     ax.set(ylabel="request latency (ms)", title=f"proxy overhead, {len(d)} requests, {args.max_tokens} tokens each")
-    fig.tight_layout()
-    fig.savefig(out / "proxy_overhead.png", dpi=110)
+    plotting.save(fig, out / "proxy_overhead.png", [ax], legend=False)
 
 
 if __name__ == "__main__":

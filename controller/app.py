@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from controller import openai_format as oai
 from controller.backends import Backend, BackendPool
@@ -93,8 +94,11 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         cache = SemanticCache(client, config, encoder.dim, settings.cache_prefix)
-        loaded = await cache.rebuild()
-        log.info("semantic cache rebuilt from Redis: %d entries", loaded)
+        try:
+            loaded = await cache.rebuild()
+            log.info("semantic cache rebuilt from Redis: %d entries", loaded)
+        except RedisError as exc:  # serve uncached rather than not at all
+            log.error("Redis unreachable at start-up, starting with an empty cache: %s", exc)
         async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT) as http:
             app.state.s = State(
                 settings, encoder, config, Classifier(config, encoder), cache,

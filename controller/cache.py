@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,7 @@ class CategoryIndex:
         """Mark an entry as just used (LRU)."""
         self.entries.move_to_end(label)
 
-    def add(self, vector: np.ndarray, entry_for_label) -> tuple[Entry, list[Entry]]:
+    def add(self, vector: np.ndarray, entry_for_label: Callable[[int], Entry]) -> tuple[Entry, list[Entry]]:
         """Insert a vector; returns the new entry and the entries evicted to make room."""
         evicted = self.purge_expired(time.time())
         while len(self.entries) >= self.capacity:
@@ -215,7 +216,7 @@ class SemanticCache:
         for name, index in self.indexes.items():
             if category is not None and name != category:
                 continue
-            for label in [l for l, e in index.entries.items() if tenant is None or e.tenant == tenant]:
+            for label in [lbl for lbl, e in index.entries.items() if tenant is None or e.tenant == tenant]:
                 doomed.append(index.remove(label))
         await self._delete([e.key for e in doomed])
         if category is None and tenant is None:  # also documents of categories no longer configured

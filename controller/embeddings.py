@@ -111,7 +111,6 @@ ENCODERS = {OnnxMiniLM.name: OnnxMiniLM, TorchMiniLM.name: TorchMiniLM}
 
 def load(name: str = OnnxMiniLM.name) -> Encoder:
     """Build the encoder called `name`."""
-    try:
-        return ENCODERS[name]()
-    except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}") from None
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
+    return ENCODERS[name]()

@@ -59,7 +59,13 @@ def cache_key(
 ) -> CacheKey | None:
     """The cache key of a request, or None when its shape cannot be cached safely."""
     params = {k: v for k, v in body.items() if k not in _DELIVERY_FIELDS | {"messages", "prompt"}}
-    temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
+    raw_temperature = body.get("temperature")
+    if raw_temperature is None:
+        temperature = 1.0  # OpenAI's default: sampled
+    elif isinstance(raw_temperature, (int, float)) and not isinstance(raw_temperature, bool):
+        temperature = float(raw_temperature)
+    else:
+        return None  # malformed: not cached; the backend answers with its own 400
     tenant = tenant_of(headers, tenant_header)
     if endpoint == "chat":
         messages = body.get("messages")

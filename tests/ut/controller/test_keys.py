@@ -63,3 +63,7 @@ def test_uncacheable_shapes():
 def test_temperature_default_is_sampled():
     assert key({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).temperature == 1.0
     assert key(chat()).temperature == 0.0
+
+
+def test_malformed_temperature_is_not_cached():
+    assert key(chat(temperature="hot")) is None
