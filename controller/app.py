@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,13 +78,20 @@ class State:
     http: httpx.AsyncClient
     metrics: Metrics = field(default_factory=Metrics)
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """Re-read the policy file; an invalid file raises and leaves the running policy as is."""
         config = load_policies(self.settings.config_path)
         classifier = Classifier(config, self.encoder)
-        self.cache.configure(config)
+        await self.cache.reconfigure(config)
         self.config, self.classifier = config, classifier
         log.info("policies reloaded from %s", self.settings.config_path)
+
+    async def reload_logged(self) -> None:
+        """Reload for SIGHUP: nobody to answer, so a refused file is logged."""
+        try:
+            await self.reload()
+        except PolicyError as exc:
+            log.error("reload refused, old policy still active:\n%s", exc)
 
 
 def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
@@ -100,10 +108,16 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         except RedisError as exc:  # serve uncached rather than not at all
             log.error("Redis unreachable at start-up, starting with an empty cache: %s", exc)
         async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT) as http:
-            app.state.s = State(
+            state = app.state.s = State(
                 settings, encoder, config, Classifier(config, encoder), cache,
                 BackendPool(settings.backends), http,
             )
+            try:  # SIGHUP reloads the policy file (only possible in the main thread)
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGHUP, lambda: asyncio.ensure_future(state.reload_logged())
+                )
+            except (RuntimeError, ValueError):
+                log.info("SIGHUP reload unavailable outside the main thread; use POST /admin/reload")
             yield
         await client.aclose()
 
@@ -130,7 +144,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         s: State = request.app.state.s
         for name, index in s.cache.indexes.items():
             s.metrics.entries.labels(name).set(len(index.entries))
-            s.metrics.evictions.labels(name).set(s.cache.evictions.get(name, 0))
+            s.metrics.evictions.labels(name).set(index.quota_evictions)
         return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/invalidate")
@@ -155,7 +169,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         if (denied := _admin_denied(s, request)) is not None:
             return denied
         try:
-            s.reload()
+            await s.reload()
         except PolicyError as exc:
             return oai.error(422, f"reload refused, old policy still active:\n{exc}")
         return JSONResponse({"reloaded": True, "categories": [c.name for c in s.config.categories]})

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
@@ -68,13 +69,16 @@ class CategoryIndex:
         self.index.set_ef(64)
         self.index.set_num_threads(1)
         self.entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order: oldest first
+        self._expiry: list[tuple[float, int]] = []  # min-heap of (expires, label), lazily cleaned
         self._next_label = 0
+        self.quota_evictions = 0
 
     def resize(self, capacity: int) -> list[Entry]:
         """Apply a new quota; returns entries that no longer fit (to delete from Redis)."""
         evicted = []
         while len(self.entries) > capacity:
             evicted.append(self.remove(next(iter(self.entries))))
+        self.quota_evictions += len(evicted)
         if capacity > self.index.get_max_elements():
             self.index.resize_index(capacity)
         self.capacity = capacity
@@ -102,10 +106,13 @@ class CategoryIndex:
         self.entries.move_to_end(label)
 
     def add(self, vector: np.ndarray, entry_for_label: Callable[[int], Entry]) -> tuple[Entry, list[Entry]]:
-        """Insert a vector; returns the new entry and the entries evicted to make room."""
-        evicted = self.purge_expired(time.time())
+        """Insert a vector; returns the new entry and the entries dropped to make room
+        (expired ones first, then the least recently used: the quota evictions)."""
+        expired = self.purge_expired(time.time())
+        evicted = []
         while len(self.entries) >= self.capacity:
             evicted.append(self.remove(next(iter(self.entries))))
+        self.quota_evictions += len(evicted)
         label = self._next_label  # labels are never reused, so a stale label can't alias
         self._next_label += 1
         # Deleted slots count towards hnswlib's capacity: reuse one once the index is full.
@@ -113,7 +120,11 @@ class CategoryIndex:
         self.index.add_items(vector[None, :], [label], replace_deleted=full)
         entry = entry_for_label(label)
         self.entries[label] = entry
-        return entry, evicted
+        heapq.heappush(self._expiry, (entry.expires, label))
+        if len(self._expiry) > 2 * self.capacity:  # drop heap items of evicted entries
+            self._expiry = [(e.expires, lbl) for lbl, e in self.entries.items()]
+            heapq.heapify(self._expiry)
+        return entry, expired + evicted
 
     def remove(self, label: int) -> Entry:
         """Drop an entry from the index (the caller deletes the Redis document)."""
@@ -122,9 +133,17 @@ class CategoryIndex:
         return entry
 
     def purge_expired(self, now: float) -> list[Entry]:
-        """Drop entries whose TTL has passed (Redis already expired their documents)."""
-        dead = [label for label, e in self.entries.items() if e.expires <= now]
-        return [self.remove(label) for label in dead]
+        """Drop entries whose TTL has passed (Redis already expired their documents).
+
+        O(log n) per expired entry: labels are never reused, so a heap item whose label is
+        no longer live belongs to an entry already removed and is skipped.
+        """
+        dead = []
+        while self._expiry and self._expiry[0][0] <= now:
+            _, label = heapq.heappop(self._expiry)
+            if label in self.entries:
+                dead.append(self.remove(label))
+        return dead
 
 
 class SemanticCache:
@@ -135,11 +154,13 @@ class SemanticCache:
         self.dim = dim
         self.prefix = prefix
         self.indexes: dict[str, CategoryIndex] = {}
-        self.evictions: dict[str, int] = {}
         self.configure(config)
 
     def configure(self, config: PolicyConfig) -> list[Entry]:
-        """Create or resize each category's index for `config` (on start-up and reload)."""
+        """Create or resize each category's index for `config` (on start-up and reload).
+
+        Returns the entries a smaller quota pushed out; the caller deletes their documents.
+        """
         evicted: list[Entry] = []
         for cat in config.categories:
             quota = cat.policy.max_entries
@@ -190,8 +211,6 @@ class SemanticCache:
         entry, evicted = index.add(
             vector, lambda label: Entry(label, key, partition, tenant, now + ttl_seconds)
         )
-        if evicted:
-            self.evictions[category] = self.evictions.get(category, 0) + len(evicted)
         doc = {
             "category": category, "partition": partition, "tenant": tenant, "query": query,
             "response": json.dumps(response), "created": now, "expires": now + ttl_seconds,
@@ -209,6 +228,10 @@ class SemanticCache:
             index.remove(entry.label)
             return None
         return key
+
+    async def reconfigure(self, config: PolicyConfig) -> None:
+        """Apply a reloaded policy, deleting the documents that a smaller quota evicted."""
+        await self._delete([e.key for e in self.configure(config)])
 
     async def invalidate(self, category: str | None = None, tenant: str | None = None) -> int:
         """Delete entries of a category and/or tenant (all when both are None)."""

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -65,13 +64,6 @@ def run_controller(args: argparse.Namespace, ready=None) -> int:
             print(f"adaptive-controller: refusing to start, invalid policy file:\n{exc}", file=sys.stderr)
             return 2
 
-        def on_sighup(signum, frame) -> None:
-            try:
-                app.state.s.reload()
-            except PolicyError as exc:
-                logging.getLogger("controller").error("reload refused, old policy still active:\n%s", exc)
-
-        signal.signal(signal.SIGHUP, on_sighup)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
         server = uvicorn.Server(config)
         if ready is not None:

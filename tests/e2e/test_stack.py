@@ -128,3 +128,45 @@ def test_invalid_yaml_refuses_to_start(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert f"{bad}:6: categories[0=chat].policy.similarity_threshold:" in proc.stderr
+
+
+def test_sighup_reloads_policy_in_the_served_process(tmp_path, policies_path):
+    """`adaptive-controller serve` with its embedded Redis: SIGHUP applies a valid file, keeps the
+    old policy on an invalid one. (The backend is never called here.)"""
+    import signal
+    import time
+
+    from controller.redis_server import free_port
+    from controller.stack import stop_group, wait_http
+
+    config = tmp_path / "policies.yaml"
+    config.write_text(policies_path.read_text())
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--config", str(config),
+                             "--backend", "http://127.0.0.1:9", "--port", str(port),
+                             "--data-dir", str(tmp_path / "redis")], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def categories():
+        return {line.split('"')[1] for line in httpx.get(url + "/metrics").text.splitlines()
+                if line.startswith("adaptive_cache_entries{")}
+
+    try:
+        assert wait_http(url + "/health", proc, 120)
+        assert "legal" not in categories()
+        config.write_text(policies_path.read_text() + (
+            "  - name: legal\n    keywords: [contract]\n"
+            "    policy: {similarity_threshold: 0.97, ttl_seconds: 60, max_entries: 10}\n"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "legal" not in categories() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "legal" in categories()
+        config.write_text("categories: [oops")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None and "legal" in categories()
+    finally:
+        stop_group(proc)
+    assert (tmp_path / "redis" / "redis.log").exists()  # the embedded Redis ran under --data-dir

@@ -79,7 +79,7 @@ async def test_quota_eviction_keeps_index_and_redis_consistent(cache, encoder, r
     assert live == {keys[0], keys[2], new}
     stored = {k.decode() async for k in redis_client.scan_iter("va:doc:qa:*")}
     assert stored == live
-    assert cache.evictions["qa"] == 1
+    assert cache.indexes["qa"].quota_evictions == 1
     assert await cache.lookup("qa", "p1", vec(encoder, texts[1]), 0.85) is None
     # many more inserts stay within quota in both places (slots are reused)
     for i in range(10):
@@ -121,3 +121,21 @@ async def test_redis_down_is_a_miss_not_an_error(config, encoder, redis_server):
     assert cache.size("qa") == 0  # nothing indexed that Redis does not hold
     assert await cache.lookup("qa", "p1", v, 0.5) is None
     await dead.aclose()
+
+
+async def test_expired_entries_make_room_before_lru_eviction(cache, encoder, redis_client):
+    short = [await put(cache, encoder, t, ttl=1) for t in ("Who wrote Hamlet?", "How tall is Everest?")]
+    keep = await put(cache, encoder, "What is the capital of France?")
+    await asyncio.sleep(1.2)
+    new = await put(cache, encoder, "When did the Second World War end?")
+    assert {e.key for e in cache.indexes["qa"].entries.values()} == {keep, new}
+    assert cache.indexes["qa"].quota_evictions == 0  # TTL expiry is not a quota eviction
+    assert not any([await redis_client.exists(k) for k in short])
+
+
+async def test_smaller_quota_on_reload_deletes_documents(cache, encoder, redis_client):
+    keys = [await put(cache, encoder, t) for t in ("Who wrote Hamlet?", "How tall is Everest?", "Capital of Peru?")]
+    await cache.reconfigure(parse_policies(CONFIG.replace("max_entries: 3}\n  - name: code", "max_entries: 1}\n  - name: code"), "x"))
+    live = {e.key for e in cache.indexes["qa"].entries.values()}
+    assert live == {keys[2]}
+    assert {k.decode() async for k in redis_client.scan_iter("va:doc:qa:*")} == live
