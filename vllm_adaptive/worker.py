@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vllm_adaptive import state
+from vllm_adaptive.runtime import RUNTIME
 
 
 def adaptive_status(self: Any) -> dict:
@@ -12,4 +13,7 @@ def adaptive_status(self: Any) -> dict:
     out = state.snapshot()
     model = self.get_model()
     out["runtime_model_class"] = type(model).__name__
+    inner = getattr(model, "model", None)
+    out["layer_calls"] = list(getattr(inner, "layer_calls", []))
+    out["profiles"] = RUNTIME.profiles.to_json() if RUNTIME.profiles else None
     return out

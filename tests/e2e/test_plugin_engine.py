@@ -35,7 +35,7 @@ def test_plugin_active_in_the_worker_process(tiny_llama_dir):
     (worker,) = result["status"]
     assert worker["pid"] != result["pid"]  # a different process from the one that built the LLM
     assert worker["plugin_loaded"] and worker["runtime_model_class"] == "AdaptiveLlamaForCausalLM"
-    assert worker["patches"] == ["model-registry", "worker-status-rpc"]
+    assert worker["patches"] == ["model-registry", "worker-status-rpc", "batch-layout"]
     assert result["tokens"] == 4
 
 

@@ -28,6 +28,16 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
      is a per-launch flag, so plain ``VLLM_PLUGINS=adaptive vllm serve`` would
      not get it).
    Remove when: vLLM lets a general plugin register worker RPC methods.
+
+3. ``vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs`` (wrapped;
+   the CPU runner inherits it)
+   Why: the model needs each scheduled token's skip profile, which only the runner
+     knows (request order, tokens per request, each request's SamplingParams.extra_args).
+     The wrapper calls the original unchanged, then reports that layout to
+     :mod:`vllm_adaptive.runtime`.
+   How: always, when the plugin is loaded; a no-op unless skip profiles are configured.
+   Upstream: per-request model kwargs from sampling params (none today).
+   Remove when: vLLM passes per-request metadata to the model forward.
 """
 
 from __future__ import annotations
@@ -66,9 +76,29 @@ def _add_worker_status_rpc() -> None:
     WorkerBase.adaptive_status = adaptive_status  # type: ignore[attr-defined]
 
 
+def _report_batch_layout() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_adaptive.runtime import RUNTIME
+
+    original = GPUModelRunner._prepare_inputs
+
+    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
+        out = original(self, scheduler_output, num_scheduled_tokens)
+        if RUNTIME.profiles is not None:
+            req_ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
+            extra = [getattr(self.requests[r].sampling_params, "extra_args", None) for r in req_ids]
+            RUNTIME.plan_batch(extra, num_scheduled_tokens)
+        return out
+
+    _prepare_inputs.__wrapped__ = original  # type: ignore[attr-defined]
+    GPUModelRunner._prepare_inputs = _prepare_inputs
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch("model-registry", "ModelRegistry[LlamaForCausalLM]", _register_models),
     Patch("worker-status-rpc", "WorkerBase.adaptive_status", _add_worker_status_rpc),
+    Patch("batch-layout", "GPUModelRunner._prepare_inputs", _report_batch_layout),
 )
 
 

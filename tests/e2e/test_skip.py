@@ -1,0 +1,97 @@
+"""Layer skipping inside a real vLLM engine on SmolLM2 (real weights), eager mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.engine
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
+
+
+def run_engine(model_dir, body: str, plugins: str = "adaptive", timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `body` in a fresh single-process engine (`llm`, `sp(profile)` and PROMPTS defined)."""
+    script = textwrap.dedent(f"""
+        import json, os
+        os.environ["VLLM_PLUGINS"] = {plugins!r}
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if __name__ == "__main__":
+            from vllm import LLM, SamplingParams
+            PROMPTS = {PROMPTS!r}
+            def sp(profile):
+                extra = {{"adaptive_profile": profile}} if profile else None
+                return SamplingParams(max_tokens=16, temperature=0, extra_args=extra)
+            def texts(outs):
+                return [o.outputs[0].text for o in outs]
+    """) + textwrap.indent(textwrap.dedent(body), "    ")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def result(proc):
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    return json.loads(lines[-1][7:])
+
+
+@pytest.fixture(scope="module")
+def profile_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("profiles") / "profiles.json"
+    path.write_text(json.dumps({
+        "format": "vllm-adaptive/profiles-v1",
+        "model": {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576},
+        "default": "full",
+        "profiles": {"fast": {"skip": [14, 15]}, "fastest": {"skip": [8, 11, 14, 17, 20, 23]}},
+    }))
+    return path
+
+
+def test_profiles_skip_layers_and_mixed_batches_match_solo(smollm2_dir, profile_file):
+    stock = result(run_engine(smollm2_dir, f"""
+        llm = LLM({str(smollm2_dir)!r}, enforce_eager=True, max_model_len=512)
+        print("RESULT", json.dumps(texts(llm.generate(PROMPTS, sp(None)))))
+    """, plugins=""))
+    out = result(run_engine(smollm2_dir, f"""
+        llm = LLM({str(smollm2_dir)!r}, enforce_eager=True, max_model_len=512,
+                  additional_config={{"adaptive": {{"profiles": {str(profile_file)!r}}}}})
+        calls = lambda: llm.collective_rpc("adaptive_status")[0]["layer_calls"]
+        res = {{}}
+        for name in ("full", "fastest"):
+            before = calls()
+            res[name] = texts(llm.generate(PROMPTS, sp(name)))
+            res[name + "_calls"] = [b - a for a, b in zip(before, calls())]
+        res["default"] = texts(llm.generate(PROMPTS, sp(None)))
+        mixed = llm.generate(PROMPTS + PROMPTS, [sp("full")] * 3 + [sp("fastest")] * 3)
+        res["mixed"] = texts(mixed)
+        print("RESULT", json.dumps(res))
+    """))
+    assert out["full"] == stock  # 'full' reproduces stock vLLM token for token (greedy)
+    assert out["default"] == stock
+    skipped = [8, 11, 14, 17, 20, 23]
+    assert all(out["fastest_calls"][i] == 0 for i in skipped)  # never executed
+    assert all(out["fastest_calls"][i] > 0 for i in range(30) if i not in skipped)
+    assert all(c > 0 for c in out["full_calls"])
+    assert out["fastest"] != out["full"]  # the profile changes the output
+    assert out["mixed"] == out["full"] + out["fastest"]  # one batch, each request its own profile
+
+
+def test_bad_profiles_are_refused_at_start_up(smollm2_dir, tiny_llama_dir, profile_file, tmp_path):
+    out_of_range = tmp_path / "range.json"
+    doc = json.loads(profile_file.read_text())
+    doc["profiles"]["fast"]["skip"] = [29, 30]
+    out_of_range.write_text(json.dumps(doc))
+    start = "llm = LLM({model!r}, enforce_eager={eager}, max_model_len=256, additional_config={{'adaptive': {{'profiles': {path!r}}}}})\nprint('RESULT', 1)"
+    cases = [
+        (smollm2_dir, out_of_range, True, "layers [30] out of range 0..29"),
+        (tiny_llama_dir, profile_file, True, "different model: model.num_layers is 30 but the served model has 2"),
+        (tiny_llama_dir, profile_file, False, "skip profiles need eager execution (--enforce-eager)"),
+    ]
+    for model, path, eager, message in cases:
+        proc = run_engine(model, start.format(model=str(model), eager=eager, path=str(path)))
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]

@@ -1,0 +1,66 @@
+"""Profile files are validated against the served model before anything runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from vllm_adaptive import profiles
+from vllm_adaptive.runtime import Runtime
+
+DOC = {"format": profiles.FORMAT, "model": {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576},
+       "default": "fast", "profiles": {"fast": {"skip": [14, 15]}, "fastest": {"skip": [8, 11, 14]}}}
+
+
+def parse(doc, layers=30, hidden=576):
+    return profiles.parse(doc, "p.json", "LlamaForCausalLM", layers, hidden)
+
+
+def test_valid_document_and_implicit_full():
+    table = parse(DOC)
+    assert table.get(None).skip == {14, 15} and table.get("full").skip == frozenset()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"profiles": {"x": {"skip": [3, 30]}}}, "layers [30] out of range 0..29"),
+    ({"profiles": {"x": {"skip": [-1]}}}, "out of range"),
+    ({"profiles": {"x": {"skip": "3"}}}, "must be a list of layer indices"),
+    ({"default": "nope"}, "default profile 'nope'"),
+    ({"format": "v0"}, "'format' must be"),
+    ({"profiles": {"bad name": {"skip": []}}}, "may only use"),
+    ({"profiles": {"x": {"skip": list(range(30))}}}, "skips every layer"),
+])
+def test_bad_documents_say_why(change, message):
+    with pytest.raises(profiles.ProfileError, match=re.escape(message)):
+        parse({**DOC, "default": "full", **change})
+
+
+def test_profile_for_another_model_is_refused():
+    with pytest.raises(profiles.ProfileError, match="different model: model.num_layers is 30 but the served model has 2"):
+        parse(DOC, layers=2)
+
+
+def test_load_reports_bad_json(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text("{oops")
+    with pytest.raises(profiles.ProfileError, match="not valid JSON"):
+        profiles.load(path, "LlamaForCausalLM", 30, 576)
+    path.write_text(json.dumps(DOC))
+    assert profiles.load(path, "LlamaForCausalLM", 30, 576).default == "fast"
+
+
+def test_runtime_plans_uniform_and_mixed_batches():
+    rt = Runtime()
+    rt.profiles = parse(DOC)
+    rt.plan_batch([{"adaptive_profile": "fastest"}, {"adaptive_profile": "fastest"}], np.array([3, 1]))
+    assert rt.skip_mask(8, 4, torch.device("cpu")) is True and rt.skip_mask(15, 4, torch.device("cpu")) is False
+    rt.plan_batch([None, {"adaptive_profile": "fastest"}, {"adaptive_profile": "unknown"}], np.array([2, 1, 1]))
+    # default 'fast' skips 14, 15; 'fastest' skips 8, 11, 14; unknown names fall back to the default
+    assert rt.skip_mask(14, 4, torch.device("cpu")) is True
+    assert rt.skip_mask(8, 5, torch.device("cpu")).tolist() == [False, False, True, False, False]
+    assert rt.skip_mask(15, 4, torch.device("cpu")).tolist() == [True, True, False, True]
+    assert rt.skip_mask(0, 4, torch.device("cpu")) is False

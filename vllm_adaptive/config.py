@@ -1,0 +1,40 @@
+"""The plugin's options, from vLLM's `--additional-config` (key "adaptive") or the environment.
+
+    vllm serve MODEL --enforce-eager \\
+        --additional-config '{"adaptive": {"profiles": "profiles.json", "default_profile": "fast"}}'
+
+or `VLLM_ADAPTIVE_PROFILES=profiles.json VLLM_ADAPTIVE_DEFAULT_PROFILE=fast`. The additional
+config is the vLLM-idiomatic way: it is part of vLLM's config hash, so a compiled graph is
+never reused for other plugin settings. A request picks a profile with the OpenAI field
+`"vllm_xargs": {"adaptive_profile": "NAME"}`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+CONFIG_KEY = "adaptive"
+#: The per-request field (SamplingParams.extra_args / OpenAI `vllm_xargs`).
+REQUEST_PROFILE_KEY = "adaptive_profile"
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """Where the profiles come from and which one serves requests that name none."""
+
+    profiles: str | None = None
+    default_profile: str | None = None
+
+
+def from_vllm_config(additional_config: Any) -> AdaptiveOptions:
+    """Options from `--additional-config`, falling back to VLLM_ADAPTIVE_* env vars."""
+    section = (additional_config or {}).get(CONFIG_KEY, {}) if isinstance(additional_config, dict) else {}
+    unknown = set(section) - {"profiles", "default_profile"}
+    if unknown:
+        raise ValueError(f"unknown --additional-config adaptive options: {sorted(unknown)}")
+    return AdaptiveOptions(
+        profiles=section.get("profiles") or os.environ.get("VLLM_ADAPTIVE_PROFILES") or None,
+        default_profile=section.get("default_profile") or os.environ.get("VLLM_ADAPTIVE_DEFAULT_PROFILE") or None,
+    )
