@@ -1,14 +1,18 @@
 """`vllm-adaptive`: launch vLLM with the plugin, and build the offline model folder.
 
-    vllm-adaptive serve MODEL --plugin adaptive [any `vllm serve` option ...]
+    vllm-adaptive serve MODEL --plugin adaptive [--adaptive-profiles FILE] [any `vllm serve` option ...]
+    vllm-adaptive calibrate MODEL --data pydoc:calib --eval-data pydoc:eval --budgets 2,4,6,8 --out profiles.json
+    vllm-adaptive inspect profiles.json [--model MODEL]
     vllm-adaptive model smollm2 [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from vllm_adaptive import PLUGIN_NAME, envs, install_fixes, model_store
 
@@ -48,8 +52,38 @@ def vllm_serve_argv(model: str, passthrough: list[str]) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, *passthrough]
 
 
+def with_adaptive_config(passthrough: list[str], options: dict[str, str]) -> list[str]:
+    """Put the plugin's options into vLLM's --additional-config (merged with the user's own)."""
+    if not options:
+        return passthrough
+    out, merged = [], {}
+    i = 0
+    while i < len(passthrough):
+        arg = passthrough[i]
+        if arg == "--additional-config" and i + 1 < len(passthrough):
+            merged = json.loads(passthrough[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--additional-config="):
+            merged = json.loads(arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+        i += 1
+    merged.setdefault("adaptive", {}).update(options)
+    return [*out, "--additional-config", json.dumps(merged)]
+
+
 def _serve(args: argparse.Namespace, passthrough: list[str]) -> int:
     model_store.require(args.model)
+    options = {}
+    if args.adaptive_profiles:
+        options["profiles"] = str(Path(args.adaptive_profiles).resolve())
+        if "--enforce-eager" not in passthrough:
+            passthrough = [*passthrough, "--enforce-eager"]  # per-request profiles need eager (see config.py)
+            print("vllm-adaptive: skip profiles given: adding --enforce-eager", flush=True)
+    if args.adaptive_default_profile:
+        options["default_profile"] = args.adaptive_default_profile
+    passthrough = with_adaptive_config(passthrough, options)
     if install_fixes.vllm_distribution() is None:
         sys.exit("vLLM is not installed: pip install 'vllm-adaptive[cpu]' (or [cuda])")
     install_fixes.ensure_vllm_dist_alias()
@@ -67,6 +101,50 @@ def _model(args: argparse.Namespace) -> int:
     except model_store.ModelUnavailable as exc:
         sys.exit(f"vllm-adaptive model: {exc}")
     print(folder)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from vllm_adaptive import calibrate
+
+    model_store.require(args.model)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    doc, refused = calibrate.calibrate(
+        Path(args.model), args.data, args.eval_data, budgets, args.strategies.split(","),
+        args.calib_chunks, args.eval_chunks, args.max_ppl_increase,
+    )
+    calibrate.write(doc, Path(args.out))
+    for line in refused:
+        print(f"quality guard: {line}", file=sys.stderr)
+    _print_profiles(doc)
+    print(f"wrote {args.out}: {len(doc['profiles'])} profiles, {len(refused)} refused")
+    return 0
+
+
+def _print_profiles(doc: dict) -> None:
+    print(f"{'profile':<16} {'skip':<28} {'ppl':>8} {'dPPL%':>8} {'top1':>6} {'KL':>7}")
+    for name, p in doc["profiles"].items():
+        q = p.get("quality") or {}
+        print(f"{name:<16} {str(p['skip']):<28} {q.get('ppl', float('nan')):>8.2f} "
+              f"{q.get('delta_ppl_pct', float('nan')):>8.1f} {q.get('top1_agreement', float('nan')):>6.3f} "
+              f"{q.get('kl', float('nan')):>7.3f}")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from vllm_adaptive import profiles
+
+    doc = json.loads(Path(args.profiles).read_text())
+    if args.model:
+        cfg = json.loads((model_store.require(args.model) / "config.json").read_text())
+        try:
+            profiles.parse(doc, args.profiles, cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"])
+        except profiles.ProfileError as exc:
+            sys.exit(f"invalid for {args.model}: {exc}")
+        print(f"{args.profiles}: valid for {args.model}")
+    print(f"model: {doc.get('model')}  default: {doc.get('default')}")
+    _print_profiles(doc)
+    for line in (doc.get("calibration") or {}).get("refused", []):
+        print(f"refused at calibration: {line}")
     return 0
 
 
@@ -93,6 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="vLLM plugin to load (repeatable); 'adaptive' is always loaded",
     )
+    serve.add_argument("--adaptive-profiles", metavar="FILE", help="skip-profile file (from `calibrate`)")
+    serve.add_argument("--adaptive-default-profile", metavar="NAME",
+                       help="profile for requests that name none (default: the file's 'default')")
+
+    cal = sub.add_parser(
+        "calibrate", help="measure layer importance and write a skip-profile file",
+        description="Measure per-layer importance (block influence, L2 change, single-layer ΔPPL) on "
+        "calibration text, build skip sets per budget and strategy, measure each on held-back text "
+        "(perplexity, ΔPPL, top-1 agreement, KL vs the full model) and write a profile file. "
+        "Text: a file path, or pydoc:calib / pydoc:eval (Python's own docs, disjoint halves).",
+    )
+    cal.add_argument("model", help="local model folder")
+    cal.add_argument("--data", default="pydoc:calib", help="calibration text (default: %(default)s)")
+    cal.add_argument("--eval-data", default="pydoc:eval", help="held-back text (default: %(default)s)")
+    cal.add_argument("--budgets", default="2,4,6,8", help="numbers of layers to skip (default: %(default)s)")
+    cal.add_argument("--strategies", default="balanced,calibrated,random")
+    cal.add_argument("--calib-chunks", type=int, default=8, help="256-token chunks of calibration text")
+    cal.add_argument("--eval-chunks", type=int, default=16, help="256-token chunks of held-back text")
+    cal.add_argument("--max-ppl-increase", type=float, default=None, metavar="FRACTION",
+                     help="quality floor: refuse profiles whose held-back perplexity rises more (0.25 = +25%%)")
+    cal.add_argument("--out", required=True, help="profile file to write")
+
+    ins = sub.add_parser("inspect", help="print a profile file (and check it against a model)")
+    ins.add_argument("profiles")
+    ins.add_argument("--model", default=None, help="model folder to validate the file against")
 
     model = sub.add_parser(
         "model",
@@ -119,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return _model(args)
+    return {"calibrate": _calibrate, "inspect": _inspect, "model": _model}[args.command](args)
 
 
 if __name__ == "__main__":

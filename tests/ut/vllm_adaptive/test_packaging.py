@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
 
@@ -50,3 +51,10 @@ def test_smollm2_folder_is_verified_and_idempotent(smollm2_dir):
     assert model_store.ensure() == smollm2_dir  # second call: no conversion
     (smollm2_dir / "config.json").touch()  # unchanged content still verifies
     assert model_store.is_valid(smollm2_dir)
+
+
+def test_launcher_puts_profiles_into_additional_config():
+    merged = cli.with_adaptive_config(["--port", "9", "--additional-config", '{"other": 1}'], {"profiles": "/p.json"})
+    assert merged[:2] == ["--port", "9"] and merged[2] == "--additional-config"
+    assert json.loads(merged[3]) == {"other": 1, "adaptive": {"profiles": "/p.json"}}
+    assert cli.with_adaptive_config(["--x"], {}) == ["--x"]
