@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from controller import load_monitor
 from controller import openai_format as oai
 from controller.backends import Backend, BackendPool
 from controller.cache import SemanticCache
@@ -36,6 +37,7 @@ from controller.classifier import Classifier
 from controller.embeddings import Encoder
 from controller.keys import CacheKey, cache_key, tenant_of
 from controller.metrics import Metrics
+from policies.load import Decision, decide, fleet_pressure, load_score, next_level
 from policies.schema import PolicyConfig, PolicyError, parse_policies
 
 log = logging.getLogger("controller")
@@ -77,6 +79,43 @@ class State:
     pool: BackendPool
     http: httpx.AsyncClient
     metrics: Metrics = field(default_factory=Metrics)
+    level: int = 0
+    pressure: float = 0.0
+
+    def decision(self, category: str) -> Decision:
+        """The category's threshold, TTL and compute profile at the current load level."""
+        levels = len(self.config.load_policy.level_thresholds)
+        return decide(self.config.category(category).policy, min(self.level, levels), levels)
+
+    def on_scrape(self) -> None:
+        """Fresh backend loads: move the fleet's load level (with hysteresis) and publish it."""
+        policy = self.config.load_policy
+        self.pressure = fleet_pressure(self.pool.loads(), policy)
+        self.level = next_level(self.level, self.pressure, policy)
+        self.metrics.load_level.set(self.level)
+        self.metrics.fleet_pressure.set(self.pressure)
+        for backend, load in zip(self.pool.backends, self.pool.loads()):
+            self.metrics.backend_score.labels(backend.url).set(load_score(load, policy))
+        for cat in self.config.categories:
+            d = self.decision(cat.name)
+            self.metrics.effective_threshold.labels(cat.name).set(d.threshold)
+            self.metrics.effective_ttl.labels(cat.name).set(d.ttl_seconds)
+            for profile in {cat.policy.compute_profile, *cat.policy.load.profile_ladder}:
+                self.metrics.effective_profile.labels(cat.name, profile).set(int(profile == d.compute_profile))
+
+    def effective(self) -> dict[str, Any]:
+        """What is in force now and the load that caused it (for /admin/effective)."""
+        now = time.monotonic()
+        return {
+            "level": self.level, "pressure": self.pressure,
+            "backends": [
+                {"url": b.url, "waiting": b.waiting, "running": b.running, "kv_usage": b.kv_usage,
+                 "in_flight": b.in_flight, "up": b.up(now), "scrape_age_seconds": now - b.scraped_at,
+                 "score": load_score(b.load(now), self.config.load_policy)}
+                for b in self.pool.backends
+            ],
+            "categories": {c.name: vars(self.decision(c.name)) for c in self.config.categories},
+        }
 
     async def reload(self) -> None:
         """Re-read the policy file; an invalid file raises and leaves the running policy as is."""
@@ -112,6 +151,8 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
                 settings, encoder, config, Classifier(config, encoder), cache,
                 BackendPool(settings.backends), http,
             )
+            monitor = asyncio.create_task(load_monitor.run(
+                http, state.pool, config.load_policy.scrape_interval_seconds, state.on_scrape))
             try:  # SIGHUP reloads the policy file (only possible in the main thread)
                 asyncio.get_running_loop().add_signal_handler(
                     signal.SIGHUP, lambda: asyncio.ensure_future(state.reload_logged())
@@ -119,6 +160,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
             except (RuntimeError, ValueError):
                 log.info("SIGHUP reload unavailable outside the main thread; use POST /admin/reload")
             yield
+            monitor.cancel()
         await client.aclose()
 
     app = FastAPI(title="adaptive-controller", lifespan=lifespan)
@@ -162,6 +204,13 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         tenant_hash = tenant_of({"x": tenant}, "x") if tenant is not None else None
         removed = await s.cache.invalidate(category, tenant_hash)
         return JSONResponse({"invalidated": removed, "category": category, "tenant": tenant is not None})
+
+    @app.get("/admin/effective")
+    async def effective(request: Request) -> Response:
+        s: State = request.app.state.s
+        if (denied := _admin_denied(s, request)) is not None:
+            return denied
+        return JSONResponse(s.effective())
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> Response:
@@ -222,6 +271,7 @@ async def _proxy(s: State, request: Request, endpoint: str) -> Response:
     else:
         category = config.default_category
     policy = config.category(category).policy
+    decision = s.decision(category)
 
     directives = _cache_control(request)
     reason = _uncacheable(key, policy.cacheable, policy.cache_sampled, body)
@@ -229,14 +279,15 @@ async def _proxy(s: State, request: Request, endpoint: str) -> Response:
     write = reason is None and "no-store" not in directives
     if reason is None and not read:
         reason = "no-cache"
-    info = {"x-cache-category": category, "x-adaptive-profile": policy.compute_profile}
+    info = {"x-cache-category": category, "x-adaptive-profile": decision.compute_profile,
+            "x-load-level": str(decision.level)}
 
     if read:
         assert key is not None
         vector = vector if vector is not None else await _embed(s, key.query)
         s.metrics.lookups.labels(category).inc()
         t0 = time.perf_counter()
-        hit = await s.cache.lookup(category, key.partition, vector, policy.similarity_threshold)
+        hit = await s.cache.lookup(category, key.partition, vector, decision.threshold)
         s.metrics.lookup_seconds.labels(category, "hit" if hit else "miss").observe(time.perf_counter() - t0)
         if hit is not None:
             s.metrics.hits.labels(category).inc()
@@ -256,10 +307,10 @@ async def _proxy(s: State, request: Request, endpoint: str) -> Response:
     if write:
         assert key is not None
         vector = vector if vector is not None else await _embed(s, key.query)
-        store = _Store(s, category, key, vector, policy.ttl_seconds, policy.compute_profile)
+        store = _Store(s, category, key, vector, decision.ttl_seconds, decision.compute_profile)
     upstream_body = dict(body)
     xargs = dict(upstream_body.get("vllm_xargs") or {})
-    xargs.setdefault(PROFILE_XARG, policy.compute_profile)
+    xargs.setdefault(PROFILE_XARG, decision.compute_profile)
     upstream_body["vllm_xargs"] = xargs
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     return await _forward(s, path, endpoint, upstream_body, request, info, store)
@@ -315,7 +366,7 @@ async def _forward(
     s: State, path: str, endpoint: str, body: dict, request: Request, info: dict[str, str], store: _Store | None,
 ) -> Response:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-    for backend in s.pool.order():
+    for backend in s.pool.order(s.config.load_policy):
         backend.in_flight += 1
         try:
             upstream = await s.http.send(
@@ -373,7 +424,7 @@ async def _iter(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 async def _models(s: State) -> Response:
     """The backends' model list, each model annotated with its backend's plugin status."""
-    for backend in s.pool.order():
+    for backend in s.pool.order(s.config.load_policy):
         try:
             listing = await s.http.get(backend.url + "/v1/models")
             status = await s.http.get(backend.url + "/v1/adaptive/status")

@@ -36,6 +36,16 @@ class Metrics:
         self.evictions = Gauge(
             "adaptive_cache_evictions", "Quota evictions since start", ["category"], registry=r
         )
+        self.effective_threshold = Gauge(
+            "adaptive_effective_similarity_threshold", "Threshold in force (load-adjusted)", ["category"], registry=r
+        )
+        self.effective_ttl = Gauge("adaptive_effective_ttl_seconds", "TTL in force (load-adjusted)", ["category"], registry=r)
+        self.effective_profile = Gauge(
+            "adaptive_effective_compute_profile", "1 for the compute profile in force", ["category", "profile"], registry=r
+        )
+        self.load_level = Gauge("adaptive_load_level", "Fleet load level (0 = normal)", registry=r)
+        self.fleet_pressure = Gauge("adaptive_fleet_pressure", "Load pressure of the least-loaded backend (0..1)", registry=r)
+        self.backend_score = Gauge("adaptive_backend_load_score", "Load score per backend (inf: dead or silent)", ["backend"], registry=r)
         self.upstream_errors = Counter(
             "adaptive_upstream_errors", "Backend connection failures", ["backend"], registry=r
         )

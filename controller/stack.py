@@ -55,13 +55,16 @@ def stop_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048) -> subprocess.Popen:
+def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048,
+               profiles: str | None = None) -> subprocess.Popen:
     """`vllm-adaptive serve MODEL --plugin adaptive` on 127.0.0.1:`port`, in its own process group."""
     cmd = [
         sys.executable, "-m", "vllm_adaptive.cli", "serve", model, "--plugin", "adaptive",
         "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
         "--max-model-len", str(max_model_len), "--served-model-name", "smollm2",
     ]
+    if profiles:
+        cmd += ["--adaptive-profiles", profiles]
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -29,6 +29,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LoadResponse(_Strict):
+    """How far a category may trade quality for capacity as backend load rises."""
+
+    threshold_floor: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="lowest similarity threshold under full load (never crossed); default: no relaxing",
+    )
+    ttl_max_seconds: int | None = Field(default=None, gt=0, description="TTL under full load (stale-while-busy)")
+    profile_ladder: list[str] = Field(
+        default_factory=list, description="compute profiles for rising load levels, e.g. [fast, fastest]",
+    )
+
+
 class CategoryPolicy(_Strict):
     """How the cache treats one category."""
 
@@ -40,6 +53,16 @@ class CategoryPolicy(_Strict):
         default=False, description="also cache requests with temperature > 0"
     )
     compute_profile: str = Field(default="full", min_length=1)
+    load: LoadResponse = Field(default_factory=LoadResponse)
+
+    @model_validator(mode="after")
+    def _check_load(self) -> CategoryPolicy:
+        floor = self.load.threshold_floor
+        if floor is not None and floor > self.similarity_threshold:
+            raise ValueError(f"load.threshold_floor {floor} is above similarity_threshold {self.similarity_threshold}")
+        if self.load.ttl_max_seconds is not None and self.load.ttl_max_seconds < self.ttl_seconds:
+            raise ValueError("load.ttl_max_seconds is below ttl_seconds")
+        return self
 
 
 class Category(_Strict):
@@ -50,6 +73,29 @@ class Category(_Strict):
     examples: list[str] = Field(default_factory=list)
     keywords: list[str] = Field(default_factory=list)
     policy: CategoryPolicy
+
+
+class LoadPolicy(_Strict):
+    """How backend load is scored and turned into discrete load levels (with hysteresis)."""
+
+    weight_waiting: float = Field(default=1.0, ge=0)
+    weight_running: float = Field(default=0.25, ge=0)
+    weight_kv_usage: float = Field(default=4.0, ge=0, description="per unit of KV-cache usage (0..1)")
+    saturation_score: float = Field(default=8.0, gt=0, description="load score that counts as fully loaded")
+    level_thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75, 0.9], min_length=1,
+        description="pressure (score / saturation, 0..1) at which each load level starts",
+    )
+    hysteresis: float = Field(default=0.1, ge=0, le=0.5, description="pressure drop needed to step back down")
+    scrape_interval_seconds: float = Field(default=2.0, gt=0)
+    stale_after_seconds: float = Field(default=10.0, gt=0, description="silent backends count as saturated")
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> LoadPolicy:
+        t = self.level_thresholds
+        if any(not 0 < x <= 1 for x in t) or t != sorted(t):
+            raise ValueError("level_thresholds must be increasing values in (0, 1]")
+        return self
 
 
 class PolicyConfig(_Strict):
@@ -68,6 +114,7 @@ class PolicyConfig(_Strict):
         default=0.3, ge=-1.0, le=1.0,
         description="below this centroid similarity a query falls to default_category",
     )
+    load_policy: LoadPolicy = Field(default_factory=LoadPolicy)
     categories: list[Category] = Field(min_length=1)
 
     @model_validator(mode="after")

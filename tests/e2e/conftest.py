@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -16,12 +17,23 @@ def wait_ready(url: str, proc=None, timeout: float = 300) -> None:
         raise TimeoutError(url)
 
 
+SERVER_PROFILES = {"fast": [14, 15], "fastest": [8, 11, 14, 17, 20, 23]}
+
+
 @pytest.fixture(scope="session")
 def vllm_server(smollm2_dir, tmp_path_factory):
-    """`vllm-adaptive serve SmolLM2 --plugin adaptive` (the OpenAI server, multi-process)."""
+    """`vllm-adaptive serve SmolLM2 --plugin adaptive` (the OpenAI server, multi-process), with
+    skip profiles whose default is `full`, so requests that name none run the stock model."""
     port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    proc = start_vllm(str(smollm2_dir), port, str(log), max_model_len=1024)
+    folder = tmp_path_factory.mktemp("vllm")
+    log = folder / "server.log"
+    profiles = folder / "profiles.json"
+    profiles.write_text(json.dumps({
+        "format": "vllm-adaptive/profiles-v1",
+        "model": {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576},
+        "default": "full", "profiles": {n: {"skip": s} for n, s in SERVER_PROFILES.items()},
+    }))
+    proc = start_vllm(str(smollm2_dir), port, str(log), max_model_len=1024, profiles=str(profiles))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + "/health", proc)

@@ -170,3 +170,38 @@ def test_sighup_reloads_policy_in_the_served_process(tmp_path, policies_path):
     finally:
         stop_group(proc)
     assert (tmp_path / "redis" / "redis.log").exists()  # the embedded Redis ran under --data-dir
+
+
+def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, policies_path, tmp_path, flushed):
+    """Under load the category's next compute profile is sent and applied by the plugin.
+
+    The load level is set by hand after one real scrape: driving a 2-core CPU backend into a
+    deterministic queue in a test is not feasible (the closed-loop bench does that). Everything
+    downstream of the level is real: the controller's decision, the request, vLLM's plugin."""
+    config = tmp_path / "policies.yaml"
+    original = policies_path.read_text()
+    text = original.replace("load: {threshold_floor: 0.8, ttl_max_seconds: 14400}}",
+                            "load: {threshold_floor: 0.8, ttl_max_seconds: 7200, profile_ladder: [fast, fastest]}}")
+    assert text != original
+    config.write_text(text.replace("scrape_interval_seconds: 2.0", "scrape_interval_seconds: 3600"))
+    ctl = start_controller([vllm_server], config_path=config)
+    admin = {"X-Admin-Token": ctl.admin_token}
+    effective = httpx.get(ctl.url + "/admin/effective", headers=admin, timeout=30).json()
+    (backend,) = effective["backends"]
+    assert backend["up"] and backend["scrape_age_seconds"] < 60 and backend["score"] < 1.0  # scraped, idle
+    assert effective["level"] == 0 and effective["categories"]["chat"]["compute_profile"] == "full"
+
+    def calls():
+        return httpx.get(vllm_server + "/v1/adaptive/status", timeout=30).json()["workers"][0]["layer_calls"]
+
+    ctl.app.state.s.level = 1  # brownout
+    effective = httpx.get(ctl.url + "/admin/effective", headers=admin, timeout=30).json()["categories"]["chat"]
+    assert effective == {"level": 1, "threshold": pytest.approx(0.83 - 0.03 / 3), "ttl_seconds": 4800,
+                         "compute_profile": "fast"}
+    before = calls()
+    reply = ask(ctl.url, "Hello there, how is your day going?", max_tokens=4, **{"vllm_xargs": {}})
+    after = calls()
+    assert reply.status_code == 200 and reply.headers["x-adaptive-profile"] == "fast"
+    assert reply.headers["x-cache-category"] == "chat"
+    delta = [b - a for a, b in zip(before, after)]
+    assert delta[14] == delta[15] == 0 and all(delta[i] > 0 for i in range(30) if i not in (14, 15))
