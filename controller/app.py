@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -111,7 +112,7 @@ class State:
             "backends": [
                 {"url": b.url, "waiting": b.waiting, "running": b.running, "kv_usage": b.kv_usage,
                  "in_flight": b.in_flight, "up": b.up(now), "scrape_age_seconds": now - b.scraped_at,
-                 "score": load_score(b.load(now), self.config.load_policy)}
+                 "score": _finite(load_score(b.load(now), self.config.load_policy))}
                 for b in self.pool.backends
             ],
             "categories": {c.name: vars(self.decision(c.name)) for c in self.config.categories},
@@ -152,11 +153,16 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
                 BackendPool(settings.backends), http,
             )
             monitor = asyncio.create_task(load_monitor.run(
-                http, state.pool, config.load_policy.scrape_interval_seconds, state.on_scrape))
+                http, state.pool, lambda: state.config.load_policy.scrape_interval_seconds, state.on_scrape))
+            reloads: set[asyncio.Task] = set()  # keep SIGHUP reload tasks referenced until done
+
+            def on_sighup() -> None:
+                task = asyncio.ensure_future(state.reload_logged())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
             try:  # SIGHUP reloads the policy file (only possible in the main thread)
-                asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, lambda: asyncio.ensure_future(state.reload_logged())
-                )
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
             except (RuntimeError, ValueError):
                 log.info("SIGHUP reload unavailable outside the main thread; use POST /admin/reload")
             yield
@@ -224,6 +230,11 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         return JSONResponse({"reloaded": True, "categories": [c.name for c in s.config.categories]})
 
     return app
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: a dead or silent backend's score is reported as null."""
+    return None if math.isinf(x) else x
 
 
 def _admin_denied(s: State, request: Request) -> Response | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,9 +50,12 @@ async def scrape(http: httpx.AsyncClient, backend: Backend) -> bool:
     return True
 
 
-async def run(http: httpx.AsyncClient, pool: BackendPool, interval: float, on_scrape) -> None:
-    """Scrape all backends every `interval` seconds, then call `on_scrape()` (forever)."""
+async def run(
+    http: httpx.AsyncClient, pool: BackendPool, interval: Callable[[], float], on_scrape: Callable[[], None]
+) -> None:
+    """Scrape all backends, call `on_scrape()`, wait `interval()` seconds (read each time, so a
+    reloaded policy applies), forever."""
     while True:
         await asyncio.gather(*(scrape(http, b) for b in pool.backends))
         on_scrape()
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval())

@@ -97,6 +97,9 @@ def test_dead_backend_is_skipped(vllm_server, start_controller, flushed):
     for topic in ("cats", "dogs", "owls"):
         reply = ask(ctl.url, f"Name one fact about {topic}", max_tokens=8)
         assert reply.status_code == 200 and reply.headers["x-backend"] == vllm_server
+    effective = httpx.get(ctl.url + "/admin/effective", headers={"X-Admin-Token": ctl.admin_token}, timeout=30)
+    dead = [b for b in effective.json()["backends"] if b["url"] != vllm_server]
+    assert effective.status_code == 200 and dead[0]["up"] is False and dead[0]["score"] is None
     dead_only = start_controller([f"http://127.0.0.1:{free_port()}"])
     reply = ask(dead_only.url, "Tell me a joke about cats", max_tokens=8)
     assert reply.status_code == 503 and reply.json()["error"]["type"] == "service_unavailable"
