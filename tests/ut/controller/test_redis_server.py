@@ -13,3 +13,28 @@ def test_data_survives_restart(tmp_path):
         port = server.port
     with EmbeddedRedis(tmp_path, port=port) as server:
         assert redis.Redis.from_url(server.url).get("va:doc:x") == b"kept"
+
+
+def test_no_orphan_when_the_owner_is_killed(tmp_path):
+    """Even a SIGKILLed controller takes its embedded Redis with it (PR_SET_PDEATHSIG)."""
+    import subprocess
+    import sys
+    import time
+
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from controller.redis_server import EmbeddedRedis; "
+        f"r = EmbeddedRedis({str(tmp_path)!r}).start(); print(r.port, flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    port = int(owner.stdout.readline())
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    assert client.ping()
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            time.sleep(0.1)
+        except redis.ConnectionError:
+            return
+    raise AssertionError("embedded redis-server outlived its owner")
