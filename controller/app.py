@@ -91,11 +91,12 @@ class State:
     def on_scrape(self) -> None:
         """Fresh backend loads: move the fleet's load level (with hysteresis) and publish it."""
         policy = self.config.load_policy
-        self.pressure = fleet_pressure(self.pool.loads(), policy)
+        loads = self.pool.loads()
+        self.pressure = fleet_pressure(loads, policy)
         self.level = next_level(self.level, self.pressure, policy)
         self.metrics.load_level.set(self.level)
         self.metrics.fleet_pressure.set(self.pressure)
-        for backend, load in zip(self.pool.backends, self.pool.loads()):
+        for backend, load in zip(self.pool.backends, loads):
             self.metrics.backend_score.labels(backend.url).set(load_score(load, policy))
         for cat in self.config.categories:
             d = self.decision(cat.name)
