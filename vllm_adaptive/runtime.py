@@ -31,6 +31,9 @@ class BatchPlan:
     uniform: str | None = None  # every token runs this profile
     token_profiles: np.ndarray | None = None  # per token, index into `names` (mixed batches)
     names: list[str] = field(default_factory=list)
+    # Mixed batches: the mask of each distinct "which names skip this layer" pattern, built once
+    # per step (and per padded size) instead of once per layer.
+    masks: dict[tuple[tuple[bool, ...], int], bool | torch.Tensor] = field(default_factory=dict)
 
 
 class Runtime:
@@ -72,14 +75,20 @@ class Runtime:
         if plan.uniform is not None or plan.token_profiles is None or plan.num_tokens > num_tokens:
             name = plan.uniform if plan.uniform is not None and plan.num_tokens <= num_tokens else self.profiles.default
             return layer in self.profiles.get(name).skip
-        skips = np.array([layer in self.profiles.get(n).skip for n in plan.names])
-        per_token = skips[plan.token_profiles]
+        pattern = tuple(layer in self.profiles.get(n).skip for n in plan.names)
+        key = (pattern, num_tokens)
+        if key not in plan.masks:
+            plan.masks[key] = self._mask(np.array(pattern)[plan.token_profiles], num_tokens, device)
+        return plan.masks[key]
+
+    @staticmethod
+    def _mask(per_token: np.ndarray, num_tokens: int, device: torch.device) -> bool | torch.Tensor:
         if not per_token.any():
             return False
-        if per_token.all() and plan.num_tokens == num_tokens:
+        if per_token.all() and len(per_token) == num_tokens:
             return True
         mask = np.zeros(num_tokens, dtype=bool)  # padding tokens (beyond the plan) run the layer
-        mask[: plan.num_tokens] = per_token
+        mask[: len(per_token)] = per_token
         return torch.from_numpy(mask).to(device)
 
 
