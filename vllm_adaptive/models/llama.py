@@ -1,7 +1,9 @@
-"""Llama with layer skipping (registered over vLLM's LlamaForCausalLM by vllm_adaptive.patch)."""
+"""Llama with layer skipping and per-layer KV budgets (registered over vLLM's LlamaForCausalLM
+by vllm_adaptive.patch)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from itertools import islice
@@ -11,6 +13,7 @@ from vllm.config import VllmConfig
 from vllm.config.compilation import CompilationMode
 from vllm.distributed import get_pp_group
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
+from vllm.model_executor.models.utils import PPMissingLayer, extract_layer_index
 from vllm.sequence import IntermediateTensors
 
 from vllm_adaptive import config as plugin_config
@@ -32,6 +35,9 @@ class AdaptiveLlamaModel(LlamaModel):
     """
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", layer_type: type = LlamaDecoderLayer) -> None:
+        budgets = RUNTIME.profiles.kv_layout if RUNTIME.profiles else None
+        if budgets is not None and any(b is not None for b in budgets):
+            layer_type = _budgeted_layer_factory(layer_type, budgets)
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
         self.layer_calls = [0] * len(self.layers)
 
@@ -56,6 +62,7 @@ class AdaptiveLlamaModel(LlamaModel):
             skip = RUNTIME.skip_mask(idx, num_tokens, hidden_states.device)
             if skip is True:
                 continue
+            assert not isinstance(layer, PPMissingLayer), f"layer {idx} has no weights/KV but a served profile runs it"
             self.layer_calls[idx] += 1
             new_hidden, new_residual = layer(positions, hidden_states, residual, **extra_layer_kwargs)
             if skip is not False:  # mixed batch: skipping tokens keep their input stream
@@ -72,35 +79,72 @@ class AdaptiveLlamaModel(LlamaModel):
         return hidden_states
 
 
+def _budgeted_layer_factory(layer_type: type, budgets: tuple[int | None, ...]):
+    """Decoder layers built with their KV budget: a window W is vLLM's own per-layer sliding
+    window (LlamaAttention reads it from `layer_types` of the config it is given, so the layer
+    gets a private copy); a layer with no KV is not built (PPMissingLayer: no weights, no KV
+    spec, skipped by weight loading), exactly as vLLM leaves out another pipeline stage's layers."""
+    def build(*, vllm_config: VllmConfig, prefix: str) -> torch.nn.Module:
+        idx = extract_layer_index(prefix)
+        budget = budgets[idx]
+        if budget == 0:
+            return PPMissingLayer()
+        if budget is None:
+            return layer_type(vllm_config=vllm_config, prefix=prefix)
+        hf = vllm_config.model_config.hf_config
+        config = copy.copy(hf)
+        config.layer_types = ["full_attention"] * hf.num_hidden_layers
+        config.layer_types[idx] = "sliding_attention"
+        config.sliding_window = budget
+        return layer_type(vllm_config=vllm_config, prefix=prefix, config=config)
+
+    return build
+
+
+def _load_profiles(vllm_config: VllmConfig) -> profile_files.ProfileSet | None:
+    """The profile set this engine serves, validated against the model and the engine."""
+    hf = vllm_config.model_config.hf_config
+    options = plugin_config.from_vllm_config(vllm_config.additional_config)
+    if not options.profiles:
+        return None
+    if vllm_config.compilation_config.mode != CompilationMode.NONE:
+        raise ValueError(
+            "vllm-adaptive: skip profiles need eager execution (--enforce-eager): "
+            "torch.compile would freeze one skip set into the graph and silently ignore "
+            "the profile each request asks for"
+        )
+    table = profile_files.load(options.profiles, "LlamaForCausalLM", hf.num_hidden_layers, hf.hidden_size)
+    table, dropped = table.with_default(options.default_profile or table.default, options.profiles)
+    if dropped:
+        logger.warning(
+            "vllm-adaptive: profiles %s are not served: they run layers that the default profile %r "
+            "keeps no KV (or weights) for", dropped, table.default,
+        )
+    max_len = vllm_config.model_config.max_model_len
+    too_long = {i: b for i, b in enumerate(table.kv_layout) if b is not None and b >= max_len}
+    if too_long:
+        raise profile_files.ProfileError(
+            f"{options.profiles}: profile {table.default!r} gives layers {sorted(too_long)} KV budgets "
+            f"{sorted(set(too_long.values()))} of at least max_model_len={max_len} tokens; a budget must be "
+            "smaller than the context (or \"full\")"
+        )
+    return table
+
+
 class AdaptiveLlamaForCausalLM(LlamaForCausalLM):
-    """vLLM's Llama, same weights layout, with per-request skip profiles."""
+    """vLLM's Llama, same weights layout, with per-request skip profiles and per-layer KV budgets."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", **kwargs) -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
         hf = vllm_config.model_config.hf_config
-        options = plugin_config.from_vllm_config(vllm_config.additional_config)
-        if options.profiles:
-            if vllm_config.compilation_config.mode != CompilationMode.NONE:
-                raise ValueError(
-                    "vllm-adaptive: skip profiles need eager execution (--enforce-eager): "
-                    "torch.compile would freeze one skip set into the graph and silently ignore "
-                    "the profile each request asks for"
-                )
-            table = profile_files.load(options.profiles, "LlamaForCausalLM", hf.num_hidden_layers, hf.hidden_size)
-            if options.default_profile is not None:
-                if options.default_profile not in table.profiles:
-                    raise profile_files.ProfileError(
-                        f"default profile {options.default_profile!r} is not in {options.profiles} "
-                        f"(has {sorted(table.profiles)})"
-                    )
-                table = profile_files.ProfileSet(table.num_layers, options.default_profile, table.profiles)
-            RUNTIME.profiles = table
+        RUNTIME.profiles = _load_profiles(vllm_config)  # read by AdaptiveLlamaModel while it builds
+        super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
         state.record_model(type(self).__name__, hf.num_hidden_layers)
         logger.info(
-            "vllm-adaptive: %s active in pid %d (%d decoder layers; profiles: %s)",
+            "vllm-adaptive: %s active in pid %d (%d decoder layers; profiles: %s; KV budgets: %s)",
             type(self).__name__, os.getpid(), hf.num_hidden_layers,
             ", ".join(f"{n}={sorted(p.skip)}" for n, p in RUNTIME.profiles.profiles.items())
             if RUNTIME.profiles else "none",
+            [profile_files.kv_json(b) for b in RUNTIME.profiles.kv_layout] if RUNTIME.profiles else "all full",
         )
 
     def _init_model(self, vllm_config: VllmConfig, prefix: str = "", layer_type: type = LlamaDecoderLayer):

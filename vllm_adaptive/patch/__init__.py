@@ -38,6 +38,13 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
    How: always, when the plugin is loaded; a no-op unless skip profiles are configured.
    Upstream: per-request model kwargs from sampling params (none today).
    Remove when: vLLM passes per-request metadata to the model forward.
+
+Not patches (public vLLM interfaces, listed so nobody looks for them here): per-layer KV
+budgets build each budgeted layer with ``Attention(per_layer_sliding_window=W)`` (through the
+``layer_types`` of a per-layer copy of the HF config that ``LlamaDecoderLayer(config=...)``
+accepts) and leave "none" layers out as ``PPMissingLayer``; vLLM's hybrid KV-cache manager
+does the rest (see :mod:`vllm_adaptive.kv.layout`). Depends on vLLM 0.32.0's Llama reading
+``config.layer_types`` / ``config.sliding_window`` per layer.
 """
 
 from __future__ import annotations

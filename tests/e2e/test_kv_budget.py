@@ -1,0 +1,119 @@
+"""Per-layer KV budgets inside a real vLLM engine on SmolLM2: blocks, outputs, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.engine import result, run_engine
+from vllm_adaptive.kv import plan
+from vllm_adaptive.profiles import parse_kv
+
+pytestmark = pytest.mark.engine
+
+MODEL = {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576}
+KV_BYTES = 64 << 20
+TOKEN_BYTES = 2 * 3 * 64 * 2  # one token of one layer: (K, V) x 3 KV heads x head 64 x bf16
+WINDOWS = {str(i): 256 for i in range(10, 20)} | {str(i): 512 for i in range(20, 30)}
+
+
+def profile_file(tmp_path, default: str, profiles: dict) -> str:
+    path = tmp_path / f"{default}.json"
+    path.write_text(json.dumps({"format": "vllm-adaptive/profiles-v1", "model": MODEL, "default": default,
+                                "profiles": profiles}))
+    return str(path)
+
+
+def engine(model, path, **kw) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    # VLLM_CPU_KVCACHE_SPACE (GiB, set for the other tests) would override kv_cache_memory_bytes
+    return ("os.environ.pop('VLLM_CPU_KVCACHE_SPACE', None)\n"
+            f"llm = LLM({str(model)!r}, enforce_eager=True, max_model_len=2048, enable_prefix_caching=False, "
+            f"kv_cache_memory_bytes={KV_BYTES}, additional_config={{'adaptive': {{'profiles': {path!r}}}}}{', ' + args if args else ''})")
+
+
+BLOCKS = """
+core = llm.llm_engine.engine_core.engine_core
+cfg = core.scheduler.kv_cache_config
+pool = core.scheduler.kv_cache_manager.block_pool
+held = {}
+llm.llm_engine.add_request("r", {"prompt_token_ids": list(range(1000, 1000 + PROMPT))}, SamplingParams(max_tokens=8, temperature=0))
+for step in range(4):
+    llm.llm_engine.step()
+    held[step] = cfg.num_blocks - 1 - pool.get_num_free_blocks()  # one block is vLLM's null block
+print("RESULT", json.dumps({"num_blocks": cfg.num_blocks, "held": held,
+    "block_size": {g.kv_cache_spec.block_size for g in cfg.kv_cache_groups}.pop(),
+    "groups": [[getattr(g.kv_cache_spec, "sliding_window", None), sorted(int(n.split(".")[2]) for n in g.layer_names)]
+               for g in cfg.kv_cache_groups]}))
+"""
+
+
+@pytest.mark.parametrize("case", ["full", "tiers", "skip-window"])
+def test_budgets_change_vllm_blocks_as_predicted(smollm2_dir, tmp_path, case):
+    profiles = {"tiers": {"skip": [], "kv": WINDOWS},
+                "skip-window": {"skip": [5, 14], "kv": {"20": 1024, "21": 1024}}}
+    path = profile_file(tmp_path, case, profiles)
+    prompt = 1000
+    out = result(run_engine(smollm2_dir, engine(smollm2_dir, path) + f"\nPROMPT = {prompt}\n" + BLOCKS))
+    skip = frozenset(profiles.get(case, {}).get("skip", []))
+    budgets = parse_kv(profiles[case]["kv"], 30, skip, case) if case in profiles else (None,) * 30
+    predicted = plan(budgets)
+    assert sorted(map(str, out["groups"])) == sorted(str([g.window, sorted(g.layers)]) for g in predicted.groups)
+    block = out["block_size"]
+    page_bytes = block * TOKEN_BYTES
+    assert out["num_blocks"] == predicted.pool_blocks(KV_BYTES, page_bytes)
+    # step 0 prefills the prompt (all of it held), each later step decodes one token and first frees
+    # the blocks that fell out of every window
+    assert out["held"]["0"] == predicted.blocks_per_sequence(prompt, block, in_flight=prompt)
+    for step in (1, 2, 3):
+        assert out["held"][str(step)] == predicted.blocks_per_sequence(prompt + step, block)
+    held_bytes = out["held"]["3"] * predicted.group_size * page_bytes
+    full_bytes = -(-(prompt + 3) // block) * 30 * page_bytes
+    if case == "full":
+        assert held_bytes == full_bytes
+    else:  # a sequence holds only its windows' blocks once decoding: fewer bytes, more sequences fit
+        assert held_bytes < 0.8 * full_bytes
+
+
+def test_outputs_equal_full_kv_while_context_fits_every_budget(smollm2_dir, tmp_path):
+    stock = result(run_engine(smollm2_dir, """
+        llm = LLM(%r, enforce_eager=True, max_model_len=2048)
+        print("RESULT", json.dumps(texts(llm.generate(PROMPTS, sp(None)))))
+    """ % str(smollm2_dir), plugins=""))
+    path = profile_file(tmp_path, "tiers", {"tiers": {"skip": [], "kv": WINDOWS}})
+    long_text = " ".join(f"item {i} is {i * 7 % 13}." for i in range(200))  # ~1.4k tokens, past every window
+    out = result(run_engine(smollm2_dir, engine(smollm2_dir, path) + """
+res = {"short": texts(llm.generate(PROMPTS, sp(None)))}
+lp = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+res["long_logprobs"] = [next(iter(d.values())).logprob for d in llm.generate([LONG], lp)[0].prompt_logprobs[1:]]
+print("RESULT", json.dumps(res))
+""".replace("LONG", repr(long_text))))
+    full = result(run_engine(smollm2_dir, """
+        llm = LLM(%r, enforce_eager=True, max_model_len=2048)
+        lp = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        print("RESULT", json.dumps([next(iter(d.values())).logprob for d in llm.generate([%r], lp)[0].prompt_logprobs[1:]]))
+    """ % (str(smollm2_dir), long_text), plugins=""))
+    assert out["short"] == stock  # 3 prompts + 16 tokens fit in every window: identical greedy text
+    windowed, reference = out["long_logprobs"], full
+    assert len(windowed) == len(reference) > 600
+    # positions inside the smallest window (256) see exactly what full KV sees ...
+    assert windowed[:200] == pytest.approx(reference[:200], abs=0.05)
+    # ... past it, the windowed layers no longer see the start: the prediction changes
+    assert sum(abs(a - b) for a, b in zip(windowed[600:], reference[600:])) > 1.0
+
+
+def test_bad_budgets_are_refused_at_start_up(smollm2_dir, tmp_path):
+    cases = [
+        ({"skip": [], "kv": {"30": 256}}, {}, "names layer '30', which does not exist"),
+        ({"skip": [], "kv": {"3": "half"}}, {}, "use \"full\", \"none\" or a number of tokens"),
+        ({"skip": [], "kv": {"3": "none"}}, {}, "only skipped layers may have no KV"),
+        ({"skip": [], "kv": {"3": 4096}}, {}, "of at least max_model_len=2048 tokens"),
+        # one 2048-token sequence needs ~47 MB with full KV: 16 MB of KV memory cannot hold it
+        ({"skip": [], "kv": {"0": "full"}}, {"kv_cache_memory_bytes": 16 << 20}, "larger than the available KV cache memory"),
+    ]
+    for spec, kw, message in cases:
+        path = profile_file(tmp_path, "bad", {"bad": spec})
+        body = engine(smollm2_dir, path).replace(f"kv_cache_memory_bytes={KV_BYTES}", "kv_cache_memory_bytes=%d" % kw.get("kv_cache_memory_bytes", KV_BYTES))
+        proc = run_engine(smollm2_dir, body + "\nprint('RESULT', 1)")
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]

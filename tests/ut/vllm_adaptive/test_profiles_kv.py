@@ -1,0 +1,50 @@
+"""KV budgets in the profile file: parsing, refusals with reasons, the engine's layout."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_adaptive.profiles import ProfileError, parse, parse_kv
+
+MODEL = {"architecture": "LlamaForCausalLM", "num_layers": 4, "hidden_size": 8}
+
+
+def doc(profiles, default="full"):
+    return {"format": "vllm-adaptive/profiles-v1", "model": MODEL, "default": default, "profiles": profiles}
+
+
+def load(d):
+    return parse(d, "p.json", "LlamaForCausalLM", 4, 8)
+
+
+def test_list_and_object_forms():
+    assert parse_kv(["full", 256, "none", 512], 4, frozenset({2}), "kv") == (None, 256, 0, 512)
+    assert parse_kv({"1": 256}, 4, frozenset({3}), "kv") == (None, 256, None, 0)  # skipped -> none
+
+
+@pytest.mark.parametrize("raw, skip, message", [
+    ({"4": 256}, set(), "names layer '4', which does not exist"),
+    (["full"] * 3, set(), "lists 3 budgets; the model has 4 layers"),
+    ({"1": 0}, set(), "use \"full\", \"none\" or a number of tokens >= 1"),
+    ({"1": True}, set(), "use \"full\", \"none\" or a number of tokens >= 1"),
+    ({"1": "none"}, set(), "only skipped layers may have no KV"),
+    ({"1": 256}, {1}, "the profile skips layer 1"),
+    ("full", set(), "must be a list of per-layer budgets or an object"),
+])
+def test_bad_budgets_name_the_problem(raw, skip, message):
+    with pytest.raises(ProfileError, match="p.json: profiles.x.kv") as err:
+        load(doc({"x": {"skip": sorted(skip), "kv": raw}}))
+    assert message in str(err.value)
+
+
+def test_default_profile_sets_the_layout_and_drops_profiles_it_cannot_serve():
+    table = load(doc({"lean": {"skip": [1], "kv": {"3": 256}}, "leaner": {"skip": [1, 2]}, "fast": {"skip": [2]}},
+                     default="lean"))
+    served, dropped = table.with_default("lean")
+    assert served.kv_layout == (None, 0, None, 256)
+    assert dropped == ["fast", "full"] and sorted(served.profiles) == ["lean", "leaner"]
+    # with `full` as default every layer has KV and every profile is served
+    served, dropped = table.with_default("full")
+    assert served.kv_layout == (None,) * 4 and dropped == []
+    with pytest.raises(ProfileError, match="default profile 'nope'"):
+        table.with_default("nope")

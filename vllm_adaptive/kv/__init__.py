@@ -1,0 +1,34 @@
+"""Layer-wise KV budgets: allocation strategies (one per file) and vLLM's grouping of them.
+
+Each strategy is a small dataclass with one method, ``allocate(fraction, layers, num_layers,
+reference_tokens, block_size, tier_size, sensitivity)``, returning one budget per layer
+(None = full, n = window of n tokens) such that a sequence of `reference_tokens` keeps about
+`fraction` of its full KV over `layers` (the layers that run; skipped ones have none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from vllm_adaptive.kv.layout import Budget, KVGroup, KVPlan, kv_fraction, plan
+from vllm_adaptive.kv.pyramid import PyramidKV
+from vllm_adaptive.kv.sensitivity import SensitivityKV
+from vllm_adaptive.kv.uniform import UniformKV
+
+
+class KVStrategy(Protocol):
+    name: str
+
+    def allocate(self, fraction: float, layers: list[int], num_layers: int, reference_tokens: int,
+                 block_size: int, tier_size: int, sensitivity: list[float]) -> list[Budget]: ...
+
+
+__all__ = ["STRATEGIES", "Budget", "KVGroup", "KVPlan", "PyramidKV", "SensitivityKV", "UniformKV",
+           "kv_fraction", "plan"]
+
+STRATEGIES: dict[str, Callable[[], KVStrategy]] = {
+    UniformKV.name: UniformKV,
+    PyramidKV.name: PyramidKV,
+    SensitivityKV.name: SensitivityKV,
+}

@@ -1,0 +1,102 @@
+"""What vLLM does with per-layer KV budgets: its KV-cache groups, pool size and blocks per sequence.
+
+The plugin gives a layer with a token budget W a sliding window of W tokens
+(`Attention(per_layer_sliding_window=W)` -> vLLM `SlidingWindowSpec`); a layer with budget
+"none" is not built at all, so it has no KV spec. vLLM's hybrid KV-cache manager then groups
+layers by spec and frees a windowed layer's blocks once they fall out of its window.
+
+This module predicts the result with vLLM 0.32.0's rules, so tests can count blocks against
+it and the calibrator can state what a budget buys. Limits of the mechanism (all layers of
+SmolLM2 have the same page size, which is the case this covers):
+* every group holds the same number of layers (vLLM pads the smaller ones with unused
+  layers, wasting memory), so budgets come in *tiers* of equal layer counts;
+* one block of the pool holds one page of every layer of the widest group, so the pool's
+  block count is `KV bytes // (group size x page bytes)`;
+* a window keeps only the most recent tokens: no attention-sink tokens (vLLM's
+  SlidingWindowSpec has no sink slots; SinkFullAttentionSpec is for learned sinks);
+* windows are per layer, not per head, and fixed at start-up (the pool is sized once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import ceil
+
+#: A layer's budget: None = full, 0 = none (layer skipped, no KV), n > 0 = window of n tokens.
+Budget = int | None
+
+
+@dataclass(frozen=True)
+class KVGroup:
+    """One vLLM KV-cache group: layers sharing a block table (and a window)."""
+
+    window: int | None
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class KVPlan:
+    """vLLM's KV-cache grouping of a layout."""
+
+    groups: tuple[KVGroup, ...]
+    group_size: int  # layers per group, padding included
+
+    @property
+    def padding_layers(self) -> int:
+        """Unused layer slots vLLM adds so that every group has `group_size` layers."""
+        return sum(self.group_size - len(g.layers) for g in self.groups)
+
+    def pool_blocks(self, kv_bytes: int, page_bytes: int) -> int:
+        """Blocks in the pool for `kv_bytes` of KV memory (`page_bytes`: one layer, one block)."""
+        return kv_bytes // (self.group_size * page_bytes)
+
+    def blocks_per_sequence(self, tokens: int, block_size: int, in_flight: int = 1) -> int:
+        """Pool blocks a sequence holds while `in_flight` of its `tokens` are being computed."""
+        return sum(held_blocks(g.window, tokens, block_size, in_flight) for g in self.groups)
+
+    def max_sequences(self, kv_bytes: int, page_bytes: int, tokens: int, block_size: int) -> int:
+        """Sequences decoding at `tokens` that fit in the pool at once, whatever their alignment
+        to block boundaries (vLLM's per-request admission bound for windowed groups)."""
+        worst = sum(
+            ceil(tokens / block_size) if g.window is None
+            else min(ceil(g.window / block_size) + 1, ceil(tokens / block_size))
+            for g in self.groups
+        )
+        return self.pool_blocks(kv_bytes, page_bytes) // worst
+
+
+def held_blocks(window: int | None, tokens: int, block_size: int, in_flight: int = 1) -> int:
+    """Blocks one group holds for one sequence: vLLM frees a windowed layer's blocks that lie
+    wholly before `computed - window + 1` (SlidingWindowManager.remove_skipped_blocks)."""
+    total = ceil(tokens / block_size)
+    if window is None:
+        return total
+    first_needed = max(0, tokens - in_flight - window + 1)
+    return total - first_needed // block_size
+
+
+def plan(budgets: Sequence[Budget]) -> KVPlan:
+    """vLLM 0.32.0's grouping (`_get_kv_cache_groups_uniform_page_size`) of these budgets."""
+    buckets: dict[int | None, list[int]] = {}
+    for layer, budget in enumerate(budgets):
+        if budget != 0:
+            buckets.setdefault(budget, []).append(layer)
+    if not buckets:
+        raise ValueError("every layer has KV budget 'none'")
+    if len(buckets) == 1:
+        ((window, layers),) = buckets.items()
+        return KVPlan((KVGroup(window, tuple(layers)),), len(layers))
+    sizes = [len(v) for v in buckets.values()]
+    group_size = max(sizes) if max(sizes) < 1.5 * min(sizes) else min(sizes)
+    groups = []
+    for window, layers in buckets.items():
+        n = ceil(len(layers) / group_size)
+        groups.extend(KVGroup(window, tuple(layers[i::n])) for i in range(n))
+    return KVPlan(tuple(groups), group_size)
+
+
+def kv_fraction(budgets: Sequence[Budget], tokens: int) -> float:
+    """KV bytes a sequence of `tokens` keeps, relative to every layer full."""
+    kept = sum(tokens if b is None else min(b, tokens) for b in budgets)
+    return kept / (len(budgets) * tokens)
