@@ -5,7 +5,12 @@ Runs the model with transformers on the CPU (same weights vLLM serves):
    relative L2 change ||h_out-h_in||/||h_in|| (LAC), and ΔPPL when the layer alone is removed;
 2. skip sets for each budget and strategy (balanced, calibrated, random);
 3. quality of each set on *held-back* text: perplexity, ΔPPL, top-1 next-token agreement
-   and KL(full || skipped) against the full model.
+   and KL(full || skipped) against the full model;
+4. KV budgets: each layer's sensitivity to having its KV cut to a short window (ΔPPL on long
+   calibration chunks when that layer alone attends to only the last `probe` tokens), per-layer
+   budgets from each allocation strategy (uniform, pyramid, sensitivity) at each fraction of a
+   full context's KV, and their quality on long held-back chunks. A window here is the same
+   computation as vLLM's sliding window (each query sees the last W positions of that layer).
 Profiles worse than the quality floor (--max-ppl-increase) are refused, with the reason.
 """
 
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vllm_adaptive import envs, profiles
+from vllm_adaptive import envs, kv, profiles
 from vllm_adaptive.skip import STRATEGIES
 
 CHUNK = 256
@@ -44,11 +49,11 @@ def read_text(spec: str) -> str:
     return Path(spec).read_text()
 
 
-def chunks(tokenizer, text: str, n: int) -> list[torch.Tensor]:
+def chunks(tokenizer, text: str, n: int, size: int = CHUNK) -> list[torch.Tensor]:
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    out = [ids[i : i + CHUNK] for i in range(0, len(ids) - CHUNK, CHUNK)]
+    out = [ids[i : i + size] for i in range(0, len(ids) - size, size)]
     if len(out) < n:
-        raise ValueError(f"text too short: {len(out)} chunks of {CHUNK} tokens, {n} needed")
+        raise ValueError(f"text too short: {len(out)} chunks of {size} tokens, {n} needed")
     step = len(out) // n  # spread over the text, not just its beginning
     return [out[i * step] for i in range(n)]
 
@@ -64,23 +69,38 @@ class SkippableModel:
         self.layers = self.model.model.layers
         self.num_layers = len(self.layers)
 
-    def logits(self, ids: torch.Tensor, skip: Iterable[int] = ()) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, skip: Iterable[int] = (), windows: dict[int, int] | None = None) -> torch.Tensor:
+        """Next-token logits with `skip` left out and layer i attending to its last windows[i] tokens."""
         skip = set(skip)
         self.model.model.layers = nn.ModuleList([l for i, l in enumerate(self.layers) if i not in skip])
+        handles = [self.layers[i].register_forward_pre_hook(_window_hook(len(ids), w), with_kwargs=True)
+                   for i, w in (windows or {}).items() if w and w < len(ids) and i not in skip]
         try:
             with torch.inference_mode():
                 return self.model(ids[None], use_cache=False).logits[0].float()
         finally:
             self.model.model.layers = self.layers
+            for h in handles:
+                h.remove()
 
-    def nll(self, data: list[torch.Tensor], skip: Iterable[int] = ()) -> float:
+    def nll(self, data: list[torch.Tensor], skip: Iterable[int] = (), windows: dict[int, int] | None = None) -> float:
         """Mean next-token negative log-likelihood over `data`."""
         total, count = 0.0, 0
         for ids in data:
-            logp = torch.log_softmax(self.logits(ids, skip)[:-1], -1)
+            logp = torch.log_softmax(self.logits(ids, skip, windows)[:-1], -1)
             total += -logp.gather(1, ids[1:, None]).sum().item()
             count += len(ids) - 1
         return total / count
+
+
+def _window_hook(length: int, window: int):
+    """Pre-hook giving one decoder layer a sliding-window causal mask (query i sees i-window+1..i)."""
+    pos = torch.arange(length)
+    mask = ((pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < window))[None, None]
+
+    def hook(module, args, kwargs):
+        return args, {**kwargs, "attention_mask": mask}
+    return hook
 
 
 def layer_metrics(m: SkippableModel, data: list[torch.Tensor]) -> dict[str, list[float]]:
@@ -123,15 +143,24 @@ class Quality:
     kl: float
 
 
-def evaluate(m: SkippableModel, data: list[torch.Tensor], skip_sets: dict[str, frozenset[int]]) -> dict[str, Quality]:
-    """Held-back quality of each skip set against the full model (same tokens)."""
-    acc = {n: {"nll": 0.0, "agree": 0, "kl": 0.0} for n in skip_sets}
+@dataclass(frozen=True)
+class Variant:
+    """A model variant to evaluate: layers left out and per-layer KV windows."""
+
+    skip: frozenset[int] = frozenset()
+    windows: tuple[tuple[int, int], ...] = ()
+
+
+def evaluate(m: SkippableModel, data: list[torch.Tensor], variants: dict[str, Variant]) -> dict[str, Quality]:
+    """Held-back quality of each variant against the full model (same tokens)."""
+    acc = {n: {"nll": 0.0, "agree": 0, "kl": 0.0} for n in variants}
     tokens = 0
     for ids in tqdm(data, desc="held-back evaluation"):
         full = torch.log_softmax(m.logits(ids)[:-1], -1)
         target = ids[1:, None]
-        for name, skip in skip_sets.items():
-            logp = full if not skip else torch.log_softmax(m.logits(ids, skip)[:-1], -1)
+        for name, v in variants.items():
+            changed = v.skip or any(w < len(ids) for _, w in v.windows)
+            logp = torch.log_softmax(m.logits(ids, v.skip, dict(v.windows))[:-1], -1) if changed else full
             acc[name]["nll"] += -logp.gather(1, target).sum().item()
             acc[name]["agree"] += (logp.argmax(-1) == full.argmax(-1)).sum().item()
             acc[name]["kl"] += (full.exp() * (full - logp)).sum().item()
@@ -146,9 +175,50 @@ def evaluate(m: SkippableModel, data: list[torch.Tensor], skip_sets: dict[str, f
     }
 
 
+def kv_sensitivity(m: SkippableModel, data: list[torch.Tensor], probe: int) -> list[float]:
+    """ΔPPL (%) when one layer at a time keeps only its last `probe` tokens of KV."""
+    base = math.exp(m.nll(data))
+    return [
+        100 * (math.exp(m.nll(data, windows={i: probe})) / base - 1)
+        for i in tqdm(range(m.num_layers), desc=f"KV sensitivity (window {probe})")
+    ]
+
+
+def default_tier_size(num_layers: int, tiers: int = 6) -> int:
+    """Smallest divisor of `num_layers` giving at most `tiers` tiers (vLLM groups need equal sizes)."""
+    return next(d for d in range(1, num_layers + 1) if num_layers % d == 0 and num_layers // d <= tiers)
+
+
+@dataclass
+class KVSettings:
+    """What `calibrate` does for KV budgets (`fractions` empty: nothing)."""
+
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    strategies: tuple[str, ...] = ("uniform", "pyramid", "sensitivity")
+    reference_tokens: int = 2048  # the context length the fractions refer to
+    probe_tokens: int = 512  # window of the sensitivity probe
+    block_size: int = 128  # vLLM's KV block on the CPU backend; windows are whole blocks
+    calib_chunks: int = 2
+    eval_chunks: int = 4
+
+
+def kv_allocations(num_layers: int, sensitivity: list[float], s: KVSettings) -> dict[str, tuple[str, float, list]]:
+    """name -> (strategy, fraction, per-layer budgets) for every strategy and fraction."""
+    layers = list(range(num_layers))
+    tier = default_tier_size(num_layers)
+    out = {}
+    for sname in s.strategies:
+        strategy = kv.STRATEGIES[sname]()
+        for f in s.fractions:
+            budgets = strategy.allocate(f, layers, num_layers, s.reference_tokens, s.block_size, tier, sensitivity)
+            out[f"kv-{sname}-{round(100 * f)}"] = (sname, f, budgets)
+    return out
+
+
 def calibrate(
     model_dir: Path, data: str, eval_data: str, budgets: list[int], strategies: list[str],
     calib_chunks: int = 8, eval_chunks: int = 16, max_ppl_increase: float | None = None,
+    kv_settings: KVSettings | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Build the profile document; returns it and the refusal messages of the quality guard."""
     from transformers import AutoTokenizer
@@ -172,18 +242,36 @@ def calibrate(
         for k in tqdm(budgets, desc=f"{sname} skip sets"):
             sets[f"{sname}-{k}"] = frozenset(strategy.select(k, m.num_layers, metrics, calib_ppl))
             strategy_of[f"{sname}-{k}"] = sname
-    quality = evaluate(m, held, sets)
+    quality = evaluate(m, held, {n: Variant(skip) for n, skip in sets.items()})
+    docs = {name: {"skip": sorted(skip), "strategy": strategy_of.get(name, "none")} for name, skip in sets.items()}
+    kv_doc: dict[str, Any] = {}
+    if kv_settings and kv_settings.fractions:
+        s = kv_settings
+        sensitivity = kv_sensitivity(m, chunks(tok, read_text(data), s.calib_chunks, s.reference_tokens), s.probe_tokens)
+        allocations = kv_allocations(m.num_layers, sensitivity, s)
+        long_held = chunks(tok, read_text(eval_data), s.eval_chunks, s.reference_tokens)
+        variants = {profiles.FULL: Variant()} | {
+            n: Variant(windows=tuple((i, b) for i, b in enumerate(bs) if b)) for n, (_, _, bs) in allocations.items()
+        }
+        kv_quality = evaluate(m, long_held, variants)
+        for name, (sname, f, bs) in allocations.items():
+            quality[name] = kv_quality[name]
+            docs[name] = {"skip": [], "strategy": f"kv-{sname}", "kv": [profiles.kv_json(b) for b in bs],
+                          "kv_fraction": round(kv.kv_fraction(bs, s.reference_tokens), 4)}
+        kv_doc = {**vars(s), "full_quality": vars(kv_quality[profiles.FULL]), "sensitivity": sensitivity,
+                  "tier_size": default_tier_size(m.num_layers)}
     refused = []
     doc_profiles = {}
-    for name, skip in sets.items():
+    for name, entry in docs.items():
         q = quality[name]
         if name != profiles.FULL and max_ppl_increase is not None and q.delta_ppl_pct > 100 * max_ppl_increase:
             refused.append(
-                f"{name} (skip {sorted(skip)}) refused: held-back perplexity +{q.delta_ppl_pct:.1f}% "
-                f"exceeds the floor of +{100 * max_ppl_increase:.1f}% (--max-ppl-increase)"
+                f"{name} (skip {entry['skip']}{', kv ' + str(entry['kv']) if 'kv' in entry else ''}) refused: "
+                f"held-back perplexity +{q.delta_ppl_pct:.1f}% exceeds the floor of +{100 * max_ppl_increase:.1f}% "
+                "(--max-ppl-increase)"
             )
             continue
-        doc_profiles[name] = {"skip": sorted(skip), "strategy": strategy_of.get(name, "none"), "quality": vars(q)}
+        doc_profiles[name] = entry | {"quality": vars(q)}
     config = m.model.config
     doc = {
         "format": profiles.FORMAT,
@@ -196,6 +284,8 @@ def calibrate(
                         "max_ppl_increase": max_ppl_increase, "refused": refused},
         "layer_metrics": metrics,
     }
+    if kv_doc:
+        doc["kv_calibration"] = kv_doc
     return doc, refused
 
 

@@ -108,24 +108,35 @@ def _calibrate(args: argparse.Namespace) -> int:
     from vllm_adaptive import calibrate
 
     model_store.require(args.model)
-    budgets = [int(b) for b in args.budgets.split(",")]
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    kv_settings = calibrate.KVSettings(
+        fractions=tuple(float(f) for f in args.kv_fractions.split(",") if f),
+        strategies=tuple(args.kv_strategies.split(",")), reference_tokens=args.kv_reference_tokens,
+        probe_tokens=args.kv_probe_tokens, block_size=args.kv_block_size,
+        calib_chunks=args.kv_calib_chunks, eval_chunks=args.kv_eval_chunks,
+    )
     doc, refused = calibrate.calibrate(
-        Path(args.model), args.data, args.eval_data, budgets, args.strategies.split(","),
-        args.calib_chunks, args.eval_chunks, args.max_ppl_increase,
+        Path(args.model), args.data, args.eval_data, budgets, [s for s in args.strategies.split(",") if s],
+        args.calib_chunks, args.eval_chunks, args.max_ppl_increase, kv_settings,
     )
     calibrate.write(doc, Path(args.out))
     for line in refused:
         print(f"quality guard: {line}", file=sys.stderr)
     _print_profiles(doc)
+    if "kv_calibration" in doc:
+        kv = doc["kv_calibration"]
+        print(f"KV profiles: measured on {kv['eval_chunks']} held-back chunks of {kv['reference_tokens']} tokens "
+              f"(full KV there: ppl {kv['full_quality']['ppl']:.2f}); skip profiles on {args.eval_chunks} x 256 tokens")
     print(f"wrote {args.out}: {len(doc['profiles'])} profiles, {len(refused)} refused")
     return 0
 
 
 def _print_profiles(doc: dict) -> None:
-    print(f"{'profile':<16} {'skip':<28} {'ppl':>8} {'dPPL%':>8} {'top1':>6} {'KL':>7}")
+    print(f"{'profile':<20} {'skip / KV fraction':<28} {'ppl':>8} {'dPPL%':>8} {'top1':>6} {'KL':>7}")
     for name, p in doc["profiles"].items():
         q = p.get("quality") or {}
-        print(f"{name:<16} {str(p['skip']):<28} {q.get('ppl', float('nan')):>8.2f} "
+        what = f"KV {p['kv_fraction']:.2f} of full" if "kv_fraction" in p else str(p["skip"])
+        print(f"{name:<20} {what:<28} {q.get('ppl', float('nan')):>8.2f} "
               f"{q.get('delta_ppl_pct', float('nan')):>8.1f} {q.get('top1_agreement', float('nan')):>6.3f} "
               f"{q.get('kl', float('nan')):>7.3f}")
 
@@ -191,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--eval-chunks", type=int, default=16, help="256-token chunks of held-back text")
     cal.add_argument("--max-ppl-increase", type=float, default=None, metavar="FRACTION",
                      help="quality floor: refuse profiles whose held-back perplexity rises more (0.25 = +25%%)")
+    cal.add_argument("--kv-fractions", default="0.25,0.5,0.75",
+                     help="KV budgets to allocate, as fractions of a full context's KV ('' = none; default: %(default)s)")
+    cal.add_argument("--kv-strategies", default="uniform,pyramid,sensitivity")
+    cal.add_argument("--kv-reference-tokens", type=int, default=2048,
+                     help="context length the KV fractions refer to, and of the long text chunks (default: %(default)s)")
+    cal.add_argument("--kv-probe-tokens", type=int, default=512,
+                     help="window of the per-layer KV sensitivity probe (default: %(default)s)")
+    cal.add_argument("--kv-block-size", type=int, default=128,
+                     help="vLLM KV block size; windows are rounded to whole blocks (CPU backend: 128)")
+    cal.add_argument("--kv-calib-chunks", type=int, default=2, help="long chunks of calibration text for KV")
+    cal.add_argument("--kv-eval-chunks", type=int, default=4, help="long chunks of held-back text for KV")
     cal.add_argument("--out", required=True, help="profile file to write")
 
     ins = sub.add_parser("inspect", help="print a profile file (and check it against a model)")
