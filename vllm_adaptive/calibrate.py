@@ -257,7 +257,7 @@ def calibrate(
         for name, (sname, f, bs) in allocations.items():
             quality[name] = kv_quality[name]
             docs[name] = {"skip": [], "strategy": f"kv-{sname}", "kv": [profiles.kv_json(b) for b in bs],
-                          "kv_fraction": round(kv.kv_fraction(bs, s.reference_tokens), 4)}
+                          "kv_fraction": round(kv.kv_fraction(bs, s.reference_tokens, s.block_size), 4)}
         kv_doc = {**vars(s), "full_quality": vars(kv_quality[profiles.FULL]), "sensitivity": sensitivity,
                   "tier_size": default_tier_size(m.num_layers)}
     refused = []

@@ -2,8 +2,9 @@
 
 Each strategy is a small dataclass with one method, ``allocate(fraction, layers, num_layers,
 reference_tokens, block_size, tier_size, sensitivity)``, returning one budget per layer
-(None = full, n = window of n tokens) such that a sequence of `reference_tokens` keeps about
-`fraction` of its full KV over `layers` (the layers that run; skipped ones have none).
+(None = full, n = window of n tokens) such that a sequence of `reference_tokens` holds about
+`fraction` of its full-KV bytes in vLLM's pool over `layers` (the layers that run; skipped ones
+have none), counting whole blocks (see `kv_fraction`).
 """
 
 from __future__ import annotations

@@ -96,7 +96,11 @@ def plan(budgets: Sequence[Budget]) -> KVPlan:
     return KVPlan(tuple(groups), group_size)
 
 
-def kv_fraction(budgets: Sequence[Budget], tokens: int) -> float:
-    """KV bytes a sequence of `tokens` keeps, relative to every layer full."""
-    kept = sum(tokens if b is None else min(b, tokens) for b in budgets)
-    return kept / (len(budgets) * tokens)
+def kv_fraction(budgets: Sequence[Budget], tokens: int, block_size: int) -> float:
+    """KV bytes a sequence of `tokens` holds in vLLM's pool (whole blocks, a window's partial
+    first block included), relative to every layer full."""
+    full = ceil(tokens / block_size)
+    held = sum(
+        0 if b == 0 else full if b is None else min(ceil(b / block_size) + 1, full) for b in budgets
+    )
+    return held / (len(budgets) * full)

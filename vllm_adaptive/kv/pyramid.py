@@ -16,5 +16,5 @@ class PyramidKV:
                  block_size: int, tier_size: int, sensitivity: list[float]) -> list[Budget]:
         tiers = split_tiers(sorted(layers), tier_size)
         weights = [float(len(tiers) - t) for t in range(len(tiers))]
-        windows = water_fill(weights, fraction * reference_tokens, reference_tokens, block_size)
+        windows = water_fill(weights, fraction * reference_tokens, reference_tokens, 2 * block_size)
         return to_budgets(windows, tiers, num_layers, reference_tokens, block_size)

@@ -3,7 +3,7 @@
 `sensitivity[i]` is layer i's measured cost when its KV alone is cut to a short window on
 calibration text (`vllm-adaptive calibrate`: increase of the mean next-token NLL). Layers are
 ranked by it, cut into tiers, and each tier's window is proportional to its mean cost
-(water-filled: never above full context, never below one block).
+(water-filled: never above full context, never below a one-block window).
 """
 
 from __future__ import annotations
@@ -23,5 +23,5 @@ class SensitivityKV:
         ranked = sorted(layers, key=lambda i: -sensitivity[i])
         tiers = split_tiers(ranked, tier_size)
         weights = [max(sum(sensitivity[i] for i in tier) / len(tier), 0.0) for tier in tiers]
-        windows = water_fill(weights, fraction * reference_tokens, reference_tokens, block_size)
+        windows = water_fill(weights, fraction * reference_tokens, reference_tokens, 2 * block_size)
         return to_budgets(windows, tiers, num_layers, reference_tokens, block_size)

@@ -1,4 +1,4 @@
-"""Shared arithmetic of the allocation strategies: tiers of equal size, water-filled windows."""
+"""Shared arithmetic of the allocation strategies: tiers of equal size, water-filled KV shares."""
 
 from __future__ import annotations
 
@@ -28,15 +28,21 @@ def water_fill(weights: Sequence[float], mean: float, cap: float, floor: float) 
 
 
 def to_budgets(
-    tier_windows: Sequence[float], tier_layers: Sequence[Sequence[int]], num_layers: int,
+    tier_tokens: Sequence[float], tier_layers: Sequence[Sequence[int]], num_layers: int,
     reference_tokens: int, block_size: int,
 ) -> list[Budget]:
-    """Per-layer budgets from per-tier windows: rounded to whole blocks, full at the reference."""
+    """Per-layer budgets from the KV each tier may hold (in tokens' worth of bytes).
+
+    vLLM holds a window of W tokens in up to W/block + 1 blocks (the window rarely starts on a
+    block boundary), so a tier allowed k blocks gets a window of k-1 blocks; a tier allowed the
+    reference context (or more) stays full. The floor is two blocks (a one-block window).
+    """
     out: list[Budget] = [None] * num_layers
-    for window, layers in zip(tier_windows, tier_layers, strict=True):
-        tokens = max(block_size, round(window / block_size) * block_size)
+    full_blocks = -(-reference_tokens // block_size)
+    for tokens, layers in zip(tier_tokens, tier_layers, strict=True):
+        blocks = max(2, round(tokens / block_size))
         for layer in layers:
-            out[layer] = None if tokens >= reference_tokens else tokens
+            out[layer] = None if blocks >= full_blocks else (blocks - 1) * block_size
     return out
 
 

@@ -18,7 +18,7 @@ def test_strategy_contract(name, fraction):
     assert len(budgets) == L
     windows = [b for b in budgets if b is not None]
     assert all(BLOCK <= w < REF and w % BLOCK == 0 for w in windows)  # whole blocks, below full context
-    assert kv_fraction(budgets, REF) == pytest.approx(fraction, abs=BLOCK / REF / 2)  # rounding to blocks only
+    assert kv_fraction(budgets, REF, BLOCK) == pytest.approx(fraction, abs=BLOCK / REF / 2)  # whole blocks only
     kv = plan(budgets)
     assert kv.padding_layers == 0  # tiers of equal size: vLLM adds no padding layers
     assert sorted(i for g in kv.groups for i in g.layers) == list(range(L))
