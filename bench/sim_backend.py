@@ -4,7 +4,9 @@ Service-time model: `--slots` requests run at once (like vLLM's running batch), 
 `--service-seconds`; the rest wait in FIFO order. `/metrics` exports vLLM's gauge names
 (`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` = running /
 slots). The answer echoes the question (`ANSWER: <question>`), so a benchmark can tell which
-question a cached answer was generated for. `/stats` counts requests served.
+question a cached answer was generated for. `/stats` counts requests served. A request's compute
+profile (`vllm_xargs.adaptive_profile`) divides its service time by that profile's speed-up as
+measured on the real plugin (`--profile-speedup calibrated-2=1.087,...`, bench/results/skip_pareto.json).
 
     python -m bench.sim_backend --port 8200 --slots 4 --service-seconds 0.4
 """
@@ -20,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 
-def build(slots: int, service_seconds: float) -> FastAPI:
+def build(slots: int, service_seconds: float, speedups: dict[str, float] | None = None) -> FastAPI:
     app = FastAPI()
     sem = asyncio.Semaphore(slots)
     state = {"waiting": 0, "running": 0, "served": 0}
@@ -29,12 +31,14 @@ def build(slots: int, service_seconds: float) -> FastAPI:
     async def chat(request: Request) -> dict:
         body = await request.json()
         question = body["messages"][-1]["content"]
+        profile = (body.get("vllm_xargs") or {}).get("adaptive_profile")
+        seconds = service_seconds / (speedups or {}).get(profile, 1.0)
         state["waiting"] += 1
         async with sem:
             state["waiting"] -= 1
             state["running"] += 1
             try:
-                await asyncio.sleep(service_seconds)
+                await asyncio.sleep(seconds)
             finally:
                 state["running"] -= 1
         state["served"] += 1
@@ -70,5 +74,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8200)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--service-seconds", type=float, default=0.4)
+    parser.add_argument("--profile-speedup", default="", help="NAME=FACTOR,... (default: every profile 1.0)")
     args = parser.parse_args()
-    uvicorn.run(build(args.slots, args.service_seconds), host="127.0.0.1", port=args.port, log_level="warning")
+    speedups = {k: float(v) for k, v in (item.split("=") for item in args.profile_speedup.split(",") if item)}
+    uvicorn.run(build(args.slots, args.service_seconds, speedups), host="127.0.0.1", port=args.port, log_level="warning")
