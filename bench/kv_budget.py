@@ -1,0 +1,212 @@
+"""Per-layer KV budgets in vLLM: capacity, perplexity and needle retrieval at 25 / 50 / 75 % of the KV.
+
+    python -m bench.kv_budget [--profiles bench/results/kv_profiles_smollm2.json] [--kv-mib 288]
+
+Allocations (uniform / pyramid / sensitivity per fraction) come from the profile file that
+`vllm-adaptive calibrate` wrote (created if missing); one more configuration combines the
+skip profile calibrated-2 with a sensitivity allocation over the remaining layers. Each
+configuration runs in a fresh single-process vLLM engine (CPU, eager, plugin, prefix caching
+off, prefill chunks of 512 tokens so that a windowed layer never holds a whole prompt at once)
+with the same fixed KV memory. "KV fraction" counts the whole blocks a 2,048-token sequence holds
+in vLLM's pool (a window's partial first block included), relative to full KV:
+* capacity: vLLM's pool (blocks, groups) and the predicted sequences of 2,048 tokens that fit;
+  then 32 requests of 1,920 prompt + 192 generated tokens submitted at once (long enough that
+  every admitted request finishes its prefill before the first one completes), counting the
+  most sequences decoding (prefill done) in the same step and vLLM's preemptions;
+* perplexity of held-back text (pydoc:eval, 4 chunks of 2,048 tokens) from vLLM's prompt logprobs;
+* needle in a haystack: a 5-digit "magic number" sentence inserted into held-back pydoc text at
+  depth 10..90 % of 1,024 and 2,048-token contexts (2 needles each); correct when the greedy
+  answer contains the number.
+Writes kv_budget.json / kv_budget.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import plotting
+
+os.environ.setdefault("VLLM_PLUGINS", "adaptive")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override the fixed KV memory
+
+CONTEXT, PROMPT, GENERATE, REQUESTS = 2048, 1920, 192, 32
+NIAH_LENGTHS, NIAH_DEPTHS, NIAH_REPS = (1024, 2048), (0.1, 0.3, 0.5, 0.7, 0.9), 2
+MODEL_DOC = {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576}
+TOKEN_BYTES = 2 * 3 * 64 * 2  # SmolLM2: one token of one layer, K and V, bf16
+
+
+def niah_prompts(tok, hay: list[int]) -> list[tuple[list[int], int, float, str]]:
+    rng = random.Random(0)
+    out = []
+    question = tok("\n\nWhat is the magic number mentioned in the text above? The magic number is").input_ids
+    for length in NIAH_LENGTHS:
+        for depth in NIAH_DEPTHS:
+            for _ in range(NIAH_REPS):
+                number = str(rng.randint(10000, 99999))
+                needle = tok(f" The magic number is {number}. ").input_ids
+                start = rng.randint(0, len(hay) - length)
+                body = hay[start : start + length - len(needle) - len(question)]
+                cut = int(depth * len(body))
+                out.append((body[:cut] + needle + body[cut:] + question, length, depth, number))
+    return out
+
+
+def worker(model: str, profiles: str, kv_bytes: int) -> dict:
+    """One configuration in this process: capacity, perplexity, NIAH."""
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from vllm_adaptive.calibrate import chunks, read_text
+
+    llm = LLM(model, enforce_eager=True, max_model_len=PROMPT + GENERATE, kv_cache_memory_bytes=kv_bytes,
+              enable_prefix_caching=False, max_num_seqs=64, max_num_batched_tokens=512,
+              additional_config={"adaptive": {"profiles": profiles}})
+    engine = llm.llm_engine
+    core = engine.engine_core.engine_core
+    cfg = core.scheduler.kv_cache_config
+    tok = AutoTokenizer.from_pretrained(model)
+    hay = tok(read_text("pydoc:eval")).input_ids
+    gen = SamplingParams(max_tokens=GENERATE, min_tokens=GENERATE, ignore_eos=True, temperature=0)
+    seen = {}  # every request that ran, to sum its preemptions at the end
+    for i in range(REQUESTS):
+        start = (i * 3001) % (len(hay) - PROMPT)
+        engine.add_request(f"cap{i}", {"prompt_token_ids": hay[start : start + PROMPT]}, gen)
+    peak_decoding = peak_running = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        running = core.scheduler.running
+        seen |= {r.request_id: r for r in running}
+        peak_running = max(peak_running, len(running))
+        peak_decoding = max(peak_decoding, sum(r.num_computed_tokens >= r.num_prompt_tokens for r in running))
+    preemptions = sum(r.num_preemptions for r in seen.values())
+    held = chunks(tok, read_text("pydoc:eval"), 4, CONTEXT)
+    lp = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+    nll, count = 0.0, 0
+    for out in llm.generate([{"prompt_token_ids": ids.tolist()} for ids in held], lp, use_tqdm=False):
+        for d in out.prompt_logprobs[1:]:
+            nll -= next(iter(d.values())).logprob
+            count += 1
+    cases = niah_prompts(tok, hay)
+    outs = llm.generate([{"prompt_token_ids": c[0]} for c in cases], SamplingParams(max_tokens=8, temperature=0),
+                        use_tqdm=False)
+    niah = [{"length": c[1], "depth": c[2], "found": c[3] in o.outputs[0].text} for c, o in zip(cases, outs)]
+    return {
+        "num_blocks": cfg.num_blocks,
+        "block_size": cfg.kv_cache_groups[0].kv_cache_spec.block_size,
+        "groups": [[getattr(g.kv_cache_spec, "sliding_window", None), len(g.layer_names)] for g in cfg.kv_cache_groups],
+        "peak_decoding": peak_decoding, "peak_running": peak_running, "preemptions": preemptions,
+        "ppl": math.exp(nll / count), "niah": niah, "niah_accuracy": sum(n["found"] for n in niah) / len(niah),
+    }
+
+
+def configurations(doc: dict, skip_doc: dict | None) -> dict[str, dict]:
+    """name -> profile entry (with skip, kv, strategy, kv_fraction)."""
+    configs = {"full": {"skip": [], "strategy": "full", "kv_fraction": 1.0}}
+    configs |= {n: p for n, p in doc["profiles"].items() if "kv" in p}
+    if skip_doc and "calibrated-2" in skip_doc["profiles"]:
+        from vllm_adaptive.calibrate import default_tier_size
+        from vllm_adaptive.kv import STRATEGIES, kv_fraction
+        from vllm_adaptive.profiles import kv_json
+
+        skip = skip_doc["profiles"]["calibrated-2"]["skip"]
+        kv = doc["kv_calibration"]
+        running = [i for i in range(30) if i not in skip]
+        budgets = STRATEGIES["sensitivity"]().allocate(
+            0.5, running, 30, kv["reference_tokens"], kv["block_size"], default_tier_size(len(running)), kv["sensitivity"])
+        budgets = [0 if i in skip else b for i, b in enumerate(budgets)]
+        configs["skip2+kv-sensitivity-50"] = {
+            "skip": skip, "kv": [kv_json(b) for b in budgets], "strategy": "skip+kv-sensitivity",
+            "kv_fraction": kv_fraction(budgets, kv["reference_tokens"], kv["block_size"])}
+    return configs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profiles", default="bench/results/kv_profiles_smollm2.json")
+    parser.add_argument("--skip-profiles", default="bench/results/profiles_smollm2.json")
+    parser.add_argument("--kv-mib", type=int, default=288, help="fixed KV memory of every engine")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from vllm_adaptive import model_store
+
+    model = str(model_store.ensure())
+    kv_bytes = args.kv_mib << 20
+    if args.worker:
+        print("RESULT", json.dumps(worker(model, args.worker, kv_bytes)), flush=True)
+        return
+    path = Path(args.profiles)
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "vllm_adaptive.cli", "calibrate", model, "--budgets", "",
+                        "--strategies", "", "--out", str(path)], check=True)
+    doc = json.loads(path.read_text())
+    skip_path = Path(args.skip_profiles)
+    configs = configurations(doc, json.loads(skip_path.read_text()) if skip_path.exists() else None)
+
+    from vllm_adaptive.kv import plan
+    from vllm_adaptive.profiles import parse_kv
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, entry in configs.items():
+            file = Path(tmp) / f"{name}.json"
+            profile = {k: entry[k] for k in ("skip", "kv") if k in entry}
+            file.write_text(json.dumps({"format": "vllm-adaptive/profiles-v1", "model": MODEL_DOC,
+                                        "default": name, "profiles": {name: profile}}))
+            proc = subprocess.run([sys.executable, "-m", "bench.kv_budget", "--kv-mib", str(args.kv_mib),
+                                   "--worker", str(file)], capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                sys.exit(f"{name}: engine failed\n{proc.stderr[-3000:]}")
+            res = json.loads(lines[-1][7:])
+            budgets = parse_kv(entry["kv"], 30, frozenset(entry["skip"]), name) if "kv" in entry else (None,) * 30
+            kv_plan = plan(budgets)
+            page = res["block_size"] * TOKEN_BYTES
+            res |= {"strategy": entry["strategy"], "kv_fraction": entry["kv_fraction"], "skip": entry["skip"],
+                    "kv": entry.get("kv"), "calibrate_quality": entry.get("quality"),
+                    "predicted_num_blocks": kv_plan.pool_blocks(kv_bytes, page),
+                    "predicted_max_sequences": kv_plan.max_sequences(kv_bytes, page, CONTEXT, res["block_size"])}
+            results[name] = res
+            print(f"{name:<26} KV {res['kv_fraction']:.2f}  blocks {res['num_blocks']:>5} (pred {res['predicted_num_blocks']})"
+                  f"  seqs pred {res['predicted_max_sequences']:>3} peak decoding {res['peak_decoding']:>3}"
+                  f" (preemptions {res['preemptions']})"
+                  f"  ppl {res['ppl']:.2f}  NIAH {res['niah_accuracy']:.2f}", flush=True)
+    base = results["full"]
+    for res in results.values():
+        res["capacity_ratio"] = res["peak_decoding"] / base["peak_decoding"]
+        res["ppl_increase_pct"] = 100 * (res["ppl"] / base["ppl"] - 1)
+        res["niah_relative"] = res["niah_accuracy"] / base["niah_accuracy"] if base["niah_accuracy"] else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kv_budget.json").write_text(json.dumps({
+        "model": "SmolLM2-135M-Instruct", "kv_bytes": kv_bytes, "context": CONTEXT, "prompt": PROMPT,
+        "generate": GENERATE, "max_num_batched_tokens": 512,
+        "requests": REQUESTS, "niah": {"lengths": NIAH_LENGTHS, "depths": NIAH_DEPTHS, "reps": NIAH_REPS},
+        "results": results}, indent=1))
+    fig, axes = plotting.subplots(1, 3, figsize=(15, 4.2))
+    for strategy in sorted({r["strategy"] for r in results.values()} - {"full"}):
+        rows = sorted((r for r in results.values() if r["strategy"] == strategy), key=lambda r: r["kv_fraction"])
+        x = [r["kv_fraction"] for r in rows]
+        axes[0].plot(x, [r["capacity_ratio"] for r in rows], "o-", label=strategy)
+        axes[1].plot(x, [r["ppl_increase_pct"] for r in rows], "o-", label=strategy)
+        axes[2].plot(x, [r["niah_accuracy"] for r in rows], "o-", label=strategy)
+    axes[0].axhline(1.8, ls=":", c="gray", label="target 1.8x at 0.5")
+    axes[2].axhline(base["niah_accuracy"], ls="--", c="k", label="full KV")
+    axes[0].set(xlabel="KV kept (fraction of full, 2,048-token context)", ylabel="concurrent sequences vs full",
+                title=f"vLLM capacity at {args.kv_mib} MiB KV")
+    axes[1].set(xlabel="KV kept", ylabel="held-back perplexity increase (%)", yscale="log", title="perplexity (vLLM)")
+    axes[2].set(xlabel="KV kept", ylabel="needle retrieval accuracy", title="needle in a haystack (1k/2k context)")
+    plotting.save(fig, out / "kv_budget.png", axes)
+
+
+if __name__ == "__main__":
+    main()
