@@ -123,7 +123,7 @@ def configurations(doc: dict, skip_doc: dict | None) -> dict[str, dict]:
         budgets = STRATEGIES["sensitivity"]().allocate(
             0.5, running, 30, kv["reference_tokens"], kv["block_size"], default_tier_size(len(running)), kv["sensitivity"])
         budgets = [0 if i in skip else b for i, b in enumerate(budgets)]
-        configs["skip2+kv-sensitivity-50"] = {
+        configs["skip2-kv-sensitivity-50"] = {
             "skip": skip, "kv": [kv_json(b) for b in budgets], "strategy": "skip+kv-sensitivity",
             "kv_fraction": kv_fraction(budgets, kv["reference_tokens"], kv["block_size"])}
     return configs
@@ -166,7 +166,8 @@ def main() -> None:
                                    "--worker", str(file)], capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode or not lines:
-                sys.exit(f"{name}: engine failed\n{proc.stderr[-3000:]}")
+                print(f"{name}: engine failed\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+                continue
             res = json.loads(lines[-1][7:])
             budgets = parse_kv(entry["kv"], 30, frozenset(entry["skip"]), name) if "kv" in entry else (None,) * 30
             kv_plan = plan(budgets)
@@ -180,12 +181,19 @@ def main() -> None:
                   f"  seqs pred {res['predicted_max_sequences']:>3} peak decoding {res['peak_decoding']:>3}"
                   f" (preemptions {res['preemptions']})"
                   f"  ppl {res['ppl']:.2f}  NIAH {res['niah_accuracy']:.2f}", flush=True)
+            report(results, kv_bytes, Path(args.out), args.kv_mib)  # after each one: a crash keeps the rest
+
+
+
+def report(results: dict, kv_bytes: int, out: Path, kv_mib: int) -> None:
+    """kv_budget.json and kv_budget.png from the configurations measured so far."""
+    if "full" not in results:
+        return
     base = results["full"]
     for res in results.values():
         res["capacity_ratio"] = res["peak_decoding"] / base["peak_decoding"]
         res["ppl_increase_pct"] = 100 * (res["ppl"] / base["ppl"] - 1)
         res["niah_relative"] = res["niah_accuracy"] / base["niah_accuracy"] if base["niah_accuracy"] else None
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kv_budget.json").write_text(json.dumps({
         "model": "SmolLM2-135M-Instruct", "kv_bytes": kv_bytes, "context": CONTEXT, "prompt": PROMPT,
@@ -202,10 +210,11 @@ def main() -> None:
     axes[0].axhline(1.8, ls=":", c="gray", label="target 1.8x at 0.5")
     axes[2].axhline(base["niah_accuracy"], ls="--", c="k", label="full KV")
     axes[0].set(xlabel="KV kept (fraction of full, 2,048-token context)", ylabel="concurrent sequences vs full",
-                title=f"vLLM capacity at {args.kv_mib} MiB KV")
+                title=f"vLLM capacity at {kv_mib} MiB KV")
     axes[1].set(xlabel="KV kept", ylabel="held-back perplexity increase (%)", yscale="log", title="perplexity (vLLM)")
     axes[2].set(xlabel="KV kept", ylabel="needle retrieval accuracy", title="needle in a haystack (1k/2k context)")
     plotting.save(fig, out / "kv_budget.png", axes)
+
 
 
 if __name__ == "__main__":

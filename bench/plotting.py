@@ -23,3 +23,6 @@ def save(fig, path: Path, axes=(), legend: bool = True) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # benchmarks that re-plot as results arrive must not pile up open figures
