@@ -202,10 +202,9 @@ class KVSettings:
     eval_chunks: int = 4
 
 
-def kv_allocations(num_layers: int, sensitivity: list[float], s: KVSettings) -> dict[str, tuple[str, float, list]]:
+def kv_allocations(num_layers: int, sensitivity: list[float], s: KVSettings, tier: int) -> dict[str, tuple[str, float, list]]:
     """name -> (strategy, fraction, per-layer budgets) for every strategy and fraction."""
     layers = list(range(num_layers))
-    tier = default_tier_size(num_layers)
     out = {}
     for sname in s.strategies:
         strategy = kv.STRATEGIES[sname]()
@@ -248,7 +247,8 @@ def calibrate(
     if kv_settings and kv_settings.fractions:
         s = kv_settings
         sensitivity = kv_sensitivity(m, chunks(tok, read_text(data), s.calib_chunks, s.reference_tokens), s.probe_tokens)
-        allocations = kv_allocations(m.num_layers, sensitivity, s)
+        tier = default_tier_size(m.num_layers)
+        allocations = kv_allocations(m.num_layers, sensitivity, s, tier)
         long_held = chunks(tok, read_text(eval_data), s.eval_chunks, s.reference_tokens)
         variants = {profiles.FULL: Variant()} | {
             n: Variant(windows=tuple((i, b) for i, b in enumerate(bs) if b)) for n, (_, _, bs) in allocations.items()
@@ -259,7 +259,7 @@ def calibrate(
             docs[name] = {"skip": [], "strategy": f"kv-{sname}", "kv": [profiles.kv_json(b) for b in bs],
                           "kv_fraction": round(kv.kv_fraction(bs, s.reference_tokens, s.block_size), 4)}
         kv_doc = {**vars(s), "full_quality": vars(kv_quality[profiles.FULL]), "sensitivity": sensitivity,
-                  "tier_size": default_tier_size(m.num_layers)}
+                  "tier_size": tier}
     refused = []
     doc_profiles = {}
     for name, entry in docs.items():

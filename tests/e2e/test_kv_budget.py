@@ -25,12 +25,12 @@ def profile_file(tmp_path, default: str, profiles: dict) -> str:
     return str(path)
 
 
-def engine(model, path, **kw) -> str:
+def engine(model, path, kv_bytes: int = KV_BYTES, **kw) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
     # VLLM_CPU_KVCACHE_SPACE (GiB, set for the other tests) would override kv_cache_memory_bytes
     return ("os.environ.pop('VLLM_CPU_KVCACHE_SPACE', None)\n"
             f"llm = LLM({str(model)!r}, enforce_eager=True, max_model_len=2048, enable_prefix_caching=False, "
-            f"kv_cache_memory_bytes={KV_BYTES}, additional_config={{'adaptive': {{'profiles': {path!r}}}}}{', ' + args if args else ''})")
+            f"kv_cache_memory_bytes={kv_bytes}, additional_config={{'adaptive': {{'profiles': {path!r}}}}}{', ' + args if args else ''})")
 
 
 BLOCKS = """
@@ -110,10 +110,9 @@ def test_bad_budgets_are_refused_at_start_up(smollm2_dir, tmp_path):
         ({"skip": [], "kv": {"3": "none"}}, {}, "only skipped layers may have no KV"),
         ({"skip": [], "kv": {"3": 4096}}, {}, "of at least max_model_len=2048 tokens"),
         # one 2048-token sequence needs ~47 MB with full KV: 16 MB of KV memory cannot hold it
-        ({"skip": [], "kv": {"0": "full"}}, {"kv_cache_memory_bytes": 16 << 20}, "larger than the available KV cache memory"),
+        ({"skip": [], "kv": {"0": "full"}}, {"kv_bytes": 16 << 20}, "larger than the available KV cache memory"),
     ]
     for spec, kw, message in cases:
         path = profile_file(tmp_path, "bad", {"bad": spec})
-        body = engine(smollm2_dir, path).replace(f"kv_cache_memory_bytes={KV_BYTES}", "kv_cache_memory_bytes=%d" % kw.get("kv_cache_memory_bytes", KV_BYTES))
-        proc = run_engine(smollm2_dir, body + "\nprint('RESULT', 1)")
+        proc = run_engine(smollm2_dir, engine(smollm2_dir, path, **kw) + "\nprint('RESULT', 1)")
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]

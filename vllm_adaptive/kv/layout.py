@@ -58,12 +58,15 @@ class KVPlan:
     def max_sequences(self, kv_bytes: int, page_bytes: int, tokens: int, block_size: int) -> int:
         """Sequences decoding at `tokens` that fit in the pool at once, whatever their alignment
         to block boundaries (vLLM's per-request admission bound for windowed groups)."""
-        worst = sum(
-            ceil(tokens / block_size) if g.window is None
-            else min(ceil(g.window / block_size) + 1, ceil(tokens / block_size))
-            for g in self.groups
-        )
+        worst = sum(max_held_blocks(g.window, tokens, block_size) for g in self.groups)
         return self.pool_blocks(kv_bytes, page_bytes) // worst
+
+
+def max_held_blocks(window: int | None, tokens: int, block_size: int) -> int:
+    """Most blocks one layer group holds for a sequence of `tokens` decoding one token at a time:
+    a window may start inside a block, so it can span one block more than its length."""
+    full = ceil(tokens / block_size)
+    return full if window is None else min(ceil(window / block_size) + 1, full)
 
 
 def held_blocks(window: int | None, tokens: int, block_size: int, in_flight: int = 1) -> int:
@@ -99,8 +102,5 @@ def plan(budgets: Sequence[Budget]) -> KVPlan:
 def kv_fraction(budgets: Sequence[Budget], tokens: int, block_size: int) -> float:
     """KV bytes a sequence of `tokens` holds in vLLM's pool (whole blocks, a window's partial
     first block included), relative to every layer full."""
-    full = ceil(tokens / block_size)
-    held = sum(
-        0 if b == 0 else full if b is None else min(ceil(b / block_size) + 1, full) for b in budgets
-    )
-    return held / (len(budgets) * full)
+    held = sum(0 if b == 0 else max_held_blocks(b, tokens, block_size) for b in budgets)
+    return held / (len(budgets) * ceil(tokens / block_size))
