@@ -48,8 +48,7 @@ import numpy as np
 import yaml
 
 from bench import data, plotting
-from controller.redis_server import free_port
-from controller.stack import start_vllm, stop_group, wait_http
+from controller.procs import free_port, start_vllm, stop_group, wait_http
 
 SLOTS, SERVICE_S = 4, 0.4
 SIM_CAPACITY = SLOTS / SERVICE_S

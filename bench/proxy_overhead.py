@@ -25,8 +25,7 @@ import httpx
 import numpy as np
 
 from bench import data, plotting
-from controller.redis_server import free_port
-from controller.stack import start_vllm, stop_group, wait_http
+from controller.procs import free_port, start_vllm, stop_group, wait_http
 from vllm_adaptive import model_store
 
 

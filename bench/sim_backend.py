@@ -1,12 +1,16 @@
-"""A simulated vLLM backend for long closed-loop sweeps (a stand-in for a GPU fleet we don't have).
+"""A simulated vLLM backend for long closed-loop sweeps and for the controller's tests (a stand-in
+for a GPU fleet we don't have; a real HTTP server speaking vLLM's OpenAI wire format).
 
 Service-time model: `--slots` requests run at once (like vLLM's running batch), each takes
 `--service-seconds`; the rest wait in FIFO order. `/metrics` exports vLLM's gauge names
 (`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` = running /
 slots). The answer echoes the question (`ANSWER: <question>`), so a benchmark can tell which
-question a cached answer was generated for. `/stats` counts requests served. A request's compute
-profile (`vllm_xargs.adaptive_profile`) divides its service time by that profile's speed-up as
-measured on the real plugin (`--profile-speedup calibrated-2=1.087,...`, bench/results/skip_pareto.json).
+question a cached answer was generated for. `/stats` counts requests served and the compute
+profiles they asked for. A request's compute profile (`vllm_xargs.adaptive_profile`) divides its
+service time by that profile's speed-up as measured on the real plugin (`--profile-speedup
+calibrated-2=1.087,...`, bench/results/skip_pareto.json). Chat requests may stream (SSE chunks
+as vLLM sends them); `tool_choice: "required"` answers with a tool call of the first tool, the
+way vLLM does (finish_reason "stop", arguments as a JSON string).
 
     python -m bench.sim_backend --port 8200 --slots 4 --service-seconds 0.4
 """
@@ -15,23 +19,60 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+
+def _sse(obj: dict[str, Any] | str) -> bytes:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
+
+
+def _message(body: dict[str, Any], question: str) -> dict[str, Any]:
+    """The assistant message vLLM would produce (a tool call when one is required)."""
+    tools = body.get("tools") or []
+    if body.get("tool_choice") == "required" and tools:
+        name = tools[0]["function"]["name"]
+        call = {"id": f"chatcmpl-tool-{abs(hash(question)) % 10**8}", "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"query": question})}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+    return {"role": "assistant", "content": f"ANSWER: {question}"}
+
+
+def _chunks(rid: str, model: str, message: dict[str, Any]) -> list[dict[str, Any]]:
+    """`message` as vLLM streams it: role, content (or tool-call deltas in two pieces), finish."""
+    base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    out = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    if message.get("tool_calls"):
+        call = message["tool_calls"][0]
+        args = call["function"]["arguments"]
+        out.append({**base, "choices": [{"index": 0, "finish_reason": None, "delta": {"tool_calls": [
+            {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": args[:5]}}]}}]})
+        out.append({**base, "choices": [{"index": 0, "finish_reason": None, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": args[5:]}}]}}]})
+    else:
+        words = message["content"].split(" ")
+        out += [{**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]}
+                for i, w in enumerate(words)]
+    out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return out
 
 
 def build(slots: int, service_seconds: float, speedups: dict[str, float] | None = None) -> FastAPI:
     app = FastAPI()
     sem = asyncio.Semaphore(slots)
-    state = {"waiting": 0, "running": 0, "served": 0}
+    state: dict[str, Any] = {"waiting": 0, "running": 0, "served": 0}
+    profiles: Counter[str] = Counter()
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict:
-        body = await request.json()
-        question = body["messages"][-1]["content"]
+    async def serve(body: dict[str, Any]) -> None:
         profile = (body.get("vllm_xargs") or {}).get("adaptive_profile")
+        profiles[str(profile)] += 1
         seconds = service_seconds / (speedups or {}).get(profile, 1.0)
         state["waiting"] += 1
         async with sem:
@@ -42,10 +83,31 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
             finally:
                 state["running"] -= 1
         state["served"] += 1
-        return {"id": f"sim-{state['served']}", "object": "chat.completion", "created": int(time.time()),
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        question = body["messages"][-1]["content"]
+        await serve(body)
+        rid, model = f"sim-{state['served']}", body.get("model", "sim")
+        message = _message(body, question)
+        if body.get("stream"):
+            async def events() -> AsyncIterator[bytes]:
+                for chunk in _chunks(rid, model, message):
+                    yield _sse(chunk)
+                yield _sse("[DONE]")
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return Response(json.dumps({
+            "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}), media_type="application/json")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> dict:
+        body = await request.json()
+        await serve(body)
+        return {"id": f"sim-{state['served']}", "object": "text_completion", "created": int(time.time()),
                 "model": body.get("model", "sim"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"ANSWER: {question}"},
-                             "finish_reason": "stop"}]}
+                "choices": [{"index": 0, "text": f" ANSWER: {body['prompt']}", "finish_reason": "length"}]}
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -56,7 +118,7 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
 
     @app.get("/stats")
     async def stats() -> dict:
-        return dict(state)
+        return {**state, "profiles": dict(profiles)}
 
     @app.get("/health")
     async def health() -> dict:

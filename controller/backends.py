@@ -32,6 +32,24 @@ class Backend:
         return BackendLoad(self.waiting, self.running, self.kv_usage, self.in_flight, now - self.scraped_at, self.up(now))
 
 
+class Lease:
+    """One request in flight on a backend: counted on creation, released exactly once.
+
+    The in-flight count feeds the load score between scrapes, so a leak would make a backend
+    look busier forever and a double release would make it look idle.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._held = True
+        backend.in_flight += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.backend.in_flight -= 1
+
+
 class BackendPool:
     """Routes misses to the backend with the lowest load score; a failing one sits out `cooldown` s."""
 

@@ -35,7 +35,7 @@ from policies.schema import PolicyConfig
 
 log = logging.getLogger("controller.cache")
 
-_FIELDS = ("category", "partition", "tenant", "expires", "vector")
+_FIELDS = ("category", "partition", "tenant", "expires", "vector", "profile")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Entry:
     partition: str
     tenant: str
     expires: float
+    profile: str = ""  # the compute profile the answer was made with
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,19 @@ class CategoryIndex:
         self.capacity = capacity
         return evicted
 
-    def search(self, vector: np.ndarray, partition: str, now: float) -> tuple[Entry, float] | None:
-        """Nearest live entry of `partition`, with its cosine similarity."""
+    def search(
+        self, vector: np.ndarray, partition: str, now: float, profiles: frozenset[str] | None = None
+    ) -> tuple[Entry, float] | None:
+        """Nearest live entry of `partition` (made with one of `profiles`, if given), with its
+        cosine similarity."""
         if not self.entries:
             return None
         entries = self.entries
 
         def allowed(label: int) -> bool:
             entry = entries.get(label)
-            return entry is not None and entry.partition == partition and entry.expires > now
+            return (entry is not None and entry.partition == partition and entry.expires > now
+                    and (profiles is None or entry.profile in profiles))
 
         try:
             labels, distances = self.index.knn_query(vector, k=1, filter=allowed)
@@ -175,13 +180,15 @@ class SemanticCache:
         return len(self.indexes[category].entries) if category in self.indexes else 0
 
     async def lookup(
-        self, category: str, partition: str, vector: np.ndarray, threshold: float
+        self, category: str, partition: str, vector: np.ndarray, threshold: float,
+        profiles: frozenset[str] | None = None,
     ) -> Hit | None:
-        """The cached answer for a query, or None (no Redis round-trip unless a candidate passes)."""
+        """The cached answer for a query, or None (no Redis round-trip unless a candidate passes).
+        `profiles`: only answers made with one of these compute profiles qualify."""
         index = self.indexes.get(category)
         if index is None:
             return None
-        found = index.search(vector, partition, time.time())
+        found = index.search(vector, partition, time.time(), profiles)
         if found is None or found[1] < threshold:
             return None
         entry, similarity = found
@@ -209,7 +216,7 @@ class SemanticCache:
         now = time.time()
         key = f"{self.prefix}:doc:{category}:{uuid.uuid4().hex}"
         entry, evicted = index.add(
-            vector, lambda label: Entry(label, key, partition, tenant, now + ttl_seconds)
+            vector, lambda label: Entry(label, key, partition, tenant, now + ttl_seconds, meta.get("profile", ""))
         )
         doc = {
             "category": category, "partition": partition, "tenant": tenant, "query": query,
@@ -275,15 +282,15 @@ class SemanticCache:
         for key, values in zip(keys, await pipe.execute()):
             if values[0] is None:
                 continue  # expired between SCAN and HMGET
-            category, partition, tenant, expires, vector = (
-                v.decode() if i < 4 else v for i, v in enumerate(values)
+            category, partition, tenant, expires, vector, profile = (
+                v if i == 4 or v is None else v.decode() for i, v in enumerate(values)
             )
             index = self.indexes.get(category)
             if index is None or float(expires) <= now:
                 continue  # category not configured now: left for its TTL or an invalidate
             vec = np.frombuffer(vector, dtype=np.float32)
             _, evicted = index.add(
-                vec, lambda label: Entry(label, key, partition, tenant, float(expires))
+                vec, lambda label: Entry(label, key, partition, tenant, float(expires), profile or "")
             )
             await self._delete([e.key for e in evicted])
             loaded += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,8 @@ def default_data_dir() -> Path:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from controller.app import load_policies
+    # Validation only: nothing here may import FastAPI, Redis or hnswlib (tested).
+    from controller.snapshot import load_policies
     from policies.schema import PolicyError
 
     try:
@@ -36,43 +36,6 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK ({len(config.categories)} categories, default {config.default_category!r})")
     print(json.dumps(config.model_dump(), indent=2))
     return 0
-
-
-def run_controller(args: argparse.Namespace, ready=None) -> int:
-    """Serve until SIGINT/SIGTERM; with no --redis, own an embedded Redis meanwhile."""
-    import uvicorn
-
-    from controller import embeddings
-    from controller.app import Settings, create_app
-    from controller.redis_server import EmbeddedRedis
-    from policies.schema import PolicyError
-
-    embedded = None
-    redis_url = args.redis
-    if redis_url is None:
-        embedded = EmbeddedRedis(Path(args.data_dir), port=args.redis_port).start()
-        redis_url = embedded.url
-        print(f"adaptive-controller: embedded Redis at {redis_url}, data in {args.data_dir}", flush=True)
-    try:
-        settings = Settings(
-            config_path=Path(args.config), backends=args.backend, redis_url=redis_url,
-            admin_token=args.admin_token or os.environ.get("ADAPTIVE_ADMIN_TOKEN"),
-        )
-        try:
-            app = create_app(settings, embeddings.load(args.encoder))
-        except PolicyError as exc:
-            print(f"adaptive-controller: refusing to start, invalid policy file:\n{exc}", file=sys.stderr)
-            return 2
-
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
-        server = uvicorn.Server(config)
-        if ready is not None:
-            ready(server)
-        server.run()
-        return 0
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def add_serve_options(p: argparse.ArgumentParser) -> None:
@@ -131,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return _check(args)
     if args.command == "serve":
+        from controller.serve import run_controller
+
         return run_controller(args)
     from controller.stack import run_stack
 

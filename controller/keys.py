@@ -5,6 +5,9 @@ equal: tenant, endpoint, model, system prompt, the preceding turns inside the
 history window, and every other request field (sampling parameters, tools,
 response format, ...). Those go into `partition`, a hash compared exactly; only
 the last user turn (`query`) is compared by meaning.
+
+The client's own `vllm_xargs` (e.g. an `adaptive_profile` it chose) changes the answer, so it is
+part of the partition; the profile the controller adds later is not (see controller.plan).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 ANONYMOUS = "anonymous"
 #: Fields that change how the answer is delivered, never what it says.
-_DELIVERY_FIELDS = {"stream", "stream_options", "user", "vllm_xargs"}
+_DELIVERY_FIELDS = {"stream", "stream_options", "user"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,12 @@ def cache_key(
     history_window: int,
 ) -> CacheKey | None:
     """The cache key of a request, or None when its shape cannot be cached safely."""
-    params = {k: v for k, v in body.items() if k not in _DELIVERY_FIELDS | {"messages", "prompt"}}
+    params = {k: v for k, v in body.items() if k not in _DELIVERY_FIELDS | {"messages", "prompt", "vllm_xargs"}}
+    xargs = body.get("vllm_xargs")
+    if xargs is not None and not isinstance(xargs, dict):
+        return None  # malformed: not cached; the backend answers with its own 400
+    if xargs:  # {} and absent ask for the same answer
+        params["vllm_xargs"] = xargs
     raw_temperature = body.get("temperature")
     if raw_temperature is None:
         temperature = 1.0  # OpenAI's default: sampled

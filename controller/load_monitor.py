@@ -11,6 +11,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.backends import Backend, BackendPool
+from controller.metrics import Metrics
+from controller.snapshot import PolicySnapshot
+from policies.load import fleet_pressure, load_score, next_level
 
 log = logging.getLogger("controller.load")
 
@@ -50,12 +53,45 @@ async def scrape(http: httpx.AsyncClient, backend: Backend) -> bool:
     return True
 
 
+class LoadTracker:
+    """The fleet's load level (0 = normal) and the pressure that set it."""
+
+    def __init__(self) -> None:
+        self.level = 0
+        self.pressure = 0.0
+
+    def clamp(self, snap: PolicySnapshot) -> None:
+        """A reloaded policy may have fewer levels: never stay above its last one."""
+        self.level = min(self.level, snap.levels)
+
+    def observe(self, pool: BackendPool, snap: PolicySnapshot, metrics: Metrics) -> None:
+        """Fresh backend loads: move the level (with hysteresis) and publish what is in force."""
+        policy = snap.config.load_policy
+        loads = pool.loads()
+        self.pressure = fleet_pressure(loads, policy)
+        self.level = next_level(min(self.level, snap.levels), self.pressure, policy)
+        metrics.load_level.set(self.level)
+        metrics.fleet_pressure.set(self.pressure)
+        for backend, load in zip(pool.backends, loads):
+            metrics.backend_score.labels(backend.url).set(load_score(load, policy))
+        for cat in snap.config.categories:
+            d = snap.decision(cat.name, self.level)
+            metrics.effective_threshold.labels(cat.name).set(d.threshold)
+            metrics.effective_ttl.labels(cat.name).set(d.ttl_seconds)
+            for profile in {cat.policy.compute_profile, *cat.policy.load.profile_ladder}:
+                metrics.effective_profile.labels(cat.name, profile).set(int(profile == d.compute_profile))
+
+
 async def run(
     http: httpx.AsyncClient, pool: BackendPool, interval: Callable[[], float], on_scrape: Callable[[], None]
 ) -> None:
     """Scrape all backends, call `on_scrape()`, wait `interval()` seconds (read each time, so a
-    reloaded policy applies), forever."""
+    reloaded policy applies), forever. An error in one round is logged and the loop goes on: a
+    dead monitor would freeze the load level silently."""
     while True:
-        await asyncio.gather(*(scrape(http, b) for b in pool.backends))
-        on_scrape()
+        try:
+            await asyncio.gather(*(scrape(http, b) for b in pool.backends))
+            on_scrape()
+        except Exception:
+            log.exception("load monitor round failed; retrying next interval")
         await asyncio.sleep(interval())

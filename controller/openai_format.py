@@ -28,7 +28,9 @@ class StreamAssembler:
     """Rebuilds the non-streamed response from a stream of OpenAI chunks.
 
     `complete` is True only when the stream ended with `[DONE]` and every choice
-    carried a finish_reason: an interrupted stream is never cached.
+    carried a finish_reason: an interrupted stream is never cached. Tool-call deltas are
+    assembled (id, type, function name, arguments) into the message's `tool_calls`, so the
+    rebuilt body says what the stream said (and controller.plan.storable can refuse it).
     """
 
     def __init__(self, endpoint: str) -> None:
@@ -36,6 +38,7 @@ class StreamAssembler:
         self.first: dict[str, Any] | None = None
         self.texts: dict[int, list[str]] = {}
         self.finish: dict[int, str | None] = {}
+        self.tool_calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> call index -> call
         self.usage: dict[str, Any] | None = None
         self.done = False
         self._buffer = b""
@@ -61,10 +64,22 @@ class StreamAssembler:
             self.usage = obj["usage"]
         for choice in obj.get("choices") or []:
             i = choice.get("index", 0)
-            piece = choice.get("text") if self.endpoint == "completions" else (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            piece = choice.get("text") if self.endpoint == "completions" else delta.get("content")
             self.texts.setdefault(i, []).append(piece or "")
+            for call in delta.get("tool_calls") or []:
+                self._tool_call(i, call)
             if choice.get("finish_reason"):
                 self.finish[i] = choice["finish_reason"]
+
+    def _tool_call(self, choice: int, delta: dict[str, Any]) -> None:
+        call = self.tool_calls.setdefault(choice, {}).setdefault(
+            delta.get("index", 0), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = delta.get("id") or call["id"]
+        call["type"] = delta.get("type") or call["type"]
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
 
     @property
     def complete(self) -> bool:
@@ -79,10 +94,10 @@ class StreamAssembler:
             if self.endpoint == "completions":
                 choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": self.finish.get(i)})
             else:
-                choices.append({
-                    "index": i, "message": {"role": "assistant", "content": text},
-                    "logprobs": None, "finish_reason": self.finish.get(i),
-                })
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if i in self.tool_calls:
+                    message["tool_calls"] = [self.tool_calls[i][k] for k in sorted(self.tool_calls[i])]
+                choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": self.finish.get(i)})
         return {
             "id": first.get("id", ""), "created": first.get("created", int(time.time())),
             "model": first.get("model", ""),

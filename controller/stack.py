@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -19,55 +17,11 @@ import time
 
 import httpx
 
-from controller.cli import run_controller
+from controller.procs import start_vllm, stop_group, wait_http
+from controller.serve import run_controller
 from vllm_adaptive import model_store
 
 VLLM_START_TIMEOUT = 600.0
-GRACE_SECONDS = 20.0
-
-
-def wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> bool:
-    """Poll `url` until it answers 200 (True), `proc` exits or `timeout` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    return False
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group of `proc`, SIGKILL what is left after the grace period."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
-def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048,
-               profiles: str | None = None) -> subprocess.Popen:
-    """`vllm-adaptive serve MODEL --plugin adaptive` on 127.0.0.1:`port`, in its own process group."""
-    cmd = [
-        sys.executable, "-m", "vllm_adaptive.cli", "serve", model, "--plugin", "adaptive",
-        "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-        "--max-model-len", str(max_model_len), "--served-model-name", "smollm2",
-    ]
-    if profiles:
-        cmd += ["--adaptive-profiles", profiles]
-    with open(log_path, "w") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
 
 
 def run_stack(args: argparse.Namespace) -> int:

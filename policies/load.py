@@ -59,6 +59,7 @@ def next_level(current: int, p: float, policy: LoadPolicy) -> int:
     """Load level after observing pressure `p`: up as soon as a threshold is reached, down only
     once pressure falls `hysteresis` below the threshold of the current level (no flapping)."""
     target = sum(p >= t for t in policy.level_thresholds)
+    current = min(current, len(policy.level_thresholds))  # a level from a policy with more levels
     if target >= current:
         return target
     level = current

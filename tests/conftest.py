@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,67 @@ def encoder():
 @pytest.fixture(scope="session")
 def policies_path() -> Path:
     return REPO / "configs" / "policies.yaml"
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn on a free port in a background thread (real HTTP)."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        from controller.procs import free_port, wait_http
+
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        if not wait_http(self.url + "/health", None, 60):
+            raise TimeoutError(self.url)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+class ControllerHandle(ServedApp):
+    """A controller (the real app) in front of `backends`, on the test Redis."""
+
+    def __init__(self, config_path: Path, backends: list[str], redis_url: str, encoder, admin_token="t0k"):
+        from controller.app import create_app
+        from controller.service import Settings
+
+        self.admin_token = admin_token
+        super().__init__(create_app(Settings(config_path, backends, redis_url, admin_token), encoder))
+
+    @property
+    def ctl(self):
+        """The running controller (policy snapshot, load level, cache)."""
+        return self.app.state.ctl
+
+
+@pytest.fixture
+def start_controller(redis_server, encoder, policies_path):
+    """Start controllers on the test Redis; all are stopped after the test."""
+    handles = []
+
+    def start(backends, config_path=policies_path, encoder_=None):
+        handle = ControllerHandle(config_path, backends, redis_server.url, encoder_ or encoder)
+        handles.append(handle)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def sim_backend():
+    """bench.sim_backend (vLLM's wire format, answers echo the question) served over real HTTP:
+    the request path is tested without a vLLM engine. It stands in for a GPU fleet."""
+    from bench.sim_backend import build
+
+    served = ServedApp(build(slots=16, service_seconds=0.0))
+    yield served.url
+    served.stop()

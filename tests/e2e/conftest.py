@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
 
-from controller.redis_server import free_port
-from controller.stack import start_vllm, stop_group, wait_http
+from controller.procs import free_port, start_vllm, stop_group, wait_http
 
 
 def wait_ready(url: str, proc=None, timeout: float = 300) -> None:
@@ -42,39 +40,3 @@ def vllm_server(smollm2_dir, tmp_path_factory):
         raise RuntimeError(Path(log).read_text()[-4000:]) from None
     yield url
     stop_group(proc)
-
-
-class ControllerHandle:
-    """A controller served by uvicorn on a free port in a background thread."""
-
-    def __init__(self, config_path: Path, backends: list[str], redis_url: str, encoder, admin_token="t0k"):
-        import uvicorn
-
-        from controller.app import Settings, create_app
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_token = admin_token
-        self.app = create_app(Settings(config_path, backends, redis_url, admin_token), encoder)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        wait_ready(self.url + "/health", timeout=60)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-@pytest.fixture
-def start_controller(redis_server, encoder, policies_path):
-    handles = []
-
-    def start(backends, config_path=policies_path):
-        handle = ControllerHandle(config_path, backends, redis_server.url, encoder)
-        handles.append(handle)
-        return handle
-
-    yield start
-    for handle in handles:
-        handle.stop()

@@ -91,7 +91,7 @@ def test_completions_endpoint_and_bad_requests(vllm_server, start_controller, fl
 
 
 def test_dead_backend_is_skipped(vllm_server, start_controller, flushed):
-    from controller.redis_server import free_port
+    from controller.procs import free_port
 
     ctl = start_controller([f"http://127.0.0.1:{free_port()}", vllm_server])
     for topic in ("cats", "dogs", "owls"):
@@ -117,7 +117,7 @@ def test_invalid_reload_keeps_old_policy(vllm_server, start_controller, policies
     assert httpx.post(ctl.url + "/admin/reload", timeout=30).status_code == 401
     config.write_text(policies_path.read_text().replace("similarity_threshold: 0.99, ttl_seconds: 604800", "similarity_threshold: 0.5, ttl_seconds: 604800"))
     assert httpx.post(ctl.url + "/admin/reload", headers=admin, timeout=30).status_code == 200
-    assert ctl.app.state.s.config.category("math").policy.similarity_threshold == 0.5
+    assert ctl.app.state.ctl.snapshot.config.category("math").policy.similarity_threshold == 0.5
     gone = httpx.post(ctl.url + "/admin/invalidate", headers=admin, json={"category": "math"}, timeout=30)
     assert gone.json()["invalidated"] == 1
 
@@ -139,8 +139,7 @@ def test_sighup_reloads_policy_in_the_served_process(tmp_path, policies_path):
     import signal
     import time
 
-    from controller.redis_server import free_port
-    from controller.stack import stop_group, wait_http
+    from controller.procs import free_port, stop_group, wait_http
 
     config = tmp_path / "policies.yaml"
     config.write_text(policies_path.read_text())
@@ -197,7 +196,7 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
     def calls():
         return httpx.get(vllm_server + "/v1/adaptive/status", timeout=30).json()["workers"][0]["layer_calls"]
 
-    ctl.app.state.s.level = 1  # brownout
+    ctl.app.state.ctl.load.level = 1  # brownout
     effective = httpx.get(ctl.url + "/admin/effective", headers=admin, timeout=30).json()["categories"]["chat"]
     assert effective == {"level": 1, "threshold": pytest.approx(0.83 - 0.03 / 3), "ttl_seconds": 4800,
                          "compute_profile": "fast"}

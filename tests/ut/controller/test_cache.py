@@ -112,7 +112,7 @@ async def test_invalidate_by_category(cache, encoder, redis_client):
 
 
 async def test_redis_down_is_a_miss_not_an_error(config, encoder, redis_server):
-    from controller.redis_server import free_port
+    from controller.procs import free_port
 
     dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     cache = SemanticCache(dead, config, encoder.dim)

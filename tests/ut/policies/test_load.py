@@ -77,3 +77,10 @@ def test_fleet_pressure_is_that_of_the_least_loaded_backend():
     busy, idle = BackendLoad(waiting=100), BackendLoad(waiting=1)
     assert fleet_pressure([busy, idle], LP) == pressure(load_score(idle, LP), LP)
     assert fleet_pressure([BackendLoad(up=False)], LP) == 1.0
+
+
+@given(current=st.integers(0, 10), p=st.floats(0.0, 1.0), n=st.integers(1, 4))
+def test_a_level_from_a_policy_with_more_levels_is_clamped(current, p, n):
+    """After a reload that shrinks `level_thresholds`, the old level must not crash the monitor."""
+    policy = LoadPolicy(level_thresholds=[(i + 1) / n for i in range(n)])
+    assert 0 <= next_level(current, p, policy) <= n

@@ -1,0 +1,69 @@
+"""Process helpers shared by the demo stack, the tests and the benchmarks.
+
+One module, imported by `controller.stack`, `tests/` and `bench/`, so none of them reaches
+into another's internals (and `controller.cli` <-> `controller.stack` is no longer a cycle).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+GRACE_SECONDS = 20.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> bool:
+    """Poll `url` until it answers 200 (True), `proc` exits or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    return False
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of `proc`, SIGKILL what is left after the grace period."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048,
+               profiles: str | None = None) -> subprocess.Popen:
+    """`vllm-adaptive serve MODEL --plugin adaptive` on 127.0.0.1:`port`, in its own process group."""
+    cmd = [
+        sys.executable, "-m", "vllm_adaptive.cli", "serve", model, "--plugin", "adaptive",
+        "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+        "--max-model-len", str(max_model_len), "--served-model-name", "smollm2",
+    ]
+    if profiles:
+        cmd += ["--adaptive-profiles", profiles]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)

@@ -1,0 +1,77 @@
+"""The request path: parse -> (embed) -> plan -> cache lookup -> hit, or forward and store.
+
+Every decision comes from controller.plan; this module only carries it out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from controller import openai_format as oai
+from controller import plan as planning
+from controller.service import Controller
+
+
+async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
+    """Answer one chat or completions request."""
+    snap, level = ctl.snapshot, ctl.load.level  # read once: one consistent policy per request
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    parsed = planning.parse(endpoint, body, headers, snap)
+    if isinstance(parsed, planning.PlanError):
+        return oai.error(parsed.status, parsed.message, param=parsed.param)
+    vector = await ctl.embed(parsed.key.query) if parsed.key and parsed.needs_vector(snap) else None
+    plan = planning.plan(parsed, snap, level, vector)
+    info = plan.headers()
+    category = plan.category
+
+    if plan.read:
+        assert plan.key is not None and plan.vector is not None
+        ctl.metrics.lookups.labels(category).inc()
+        t0 = time.perf_counter()
+        hit = await ctl.cache.lookup(category, plan.key.partition, plan.vector, plan.decision.threshold,
+                                     plan.accept_profiles)
+        ctl.metrics.lookup_seconds.labels(category, "hit" if hit else "miss").observe(time.perf_counter() - t0)
+        if hit is not None:
+            ctl.metrics.hits.labels(category).inc()
+            ctl.metrics.hit_similarity.labels(category).observe(hit.similarity)
+            info |= {"x-cache": "HIT", "x-cache-similarity": f"{hit.similarity:.4f}"}
+            response = oai.fresh_copy(hit.response)
+            if plan.stream:
+                return StreamingResponse(_iter(oai.replay_stream(endpoint, response)),
+                                         media_type="text/event-stream", headers=info)
+            return JSONResponse(response, headers=info)
+        ctl.metrics.misses.labels(category).inc()
+        info["x-cache"] = "MISS"
+    else:
+        ctl.metrics.bypass.labels(category, plan.bypass_reason or "no-cache").inc()
+        info["x-cache"] = "BYPASS"
+
+    async def store(response: dict[str, Any]) -> None:
+        """Cache a complete answer, if the plan allows writing and the answer may be cached."""
+        assert plan.key is not None and plan.vector is not None
+        if not planning.storable(response):
+            return
+        stored = await ctl.cache.store(
+            category, plan.key.partition, plan.key.tenant, plan.vector, plan.key.query, response,
+            plan.decision.ttl_seconds, {"profile": plan.profile, "model": str(response.get("model", ""))},
+        )
+        if stored:
+            ctl.metrics.stores.labels(category).inc()
+
+    return await ctl.upstream.forward(plan.path, endpoint, plan.upstream_body, request.headers.items(), info,
+                                      snap.config.load_policy, store if plan.write else None)
+
+
+async def _iter(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk

@@ -1,0 +1,79 @@
+"""The controller's running state: the policy snapshot in force, the cache, the backends, the load.
+
+Everything here is wiring of long-lived parts; request decisions live in controller.plan,
+backend traffic in controller.upstream, the request path in controller.proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from controller.backends import BackendPool
+from controller.cache import SemanticCache
+from controller.embeddings import Encoder
+from controller.load_monitor import LoadTracker
+from controller.metrics import Metrics
+from controller.snapshot import PolicySnapshot, build_snapshot
+from controller.upstream import Upstream
+from policies.schema import PolicyError
+
+log = logging.getLogger("controller")
+
+
+@dataclass
+class Settings:
+    """How one controller process is wired."""
+
+    config_path: Path
+    backends: list[str]
+    redis_url: str
+    admin_token: str | None = None
+    cache_prefix: str = "va"
+
+
+class Controller:
+    """Long-lived parts of one controller process; `snapshot` is replaced whole on reload."""
+
+    def __init__(self, settings: Settings, encoder: Encoder, snapshot: PolicySnapshot, cache: SemanticCache,
+                 pool: BackendPool, upstream: Upstream, metrics: Metrics) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.snapshot = snapshot
+        self.cache = cache
+        self.pool = pool
+        self.upstream = upstream
+        self.metrics = metrics
+        self.load = LoadTracker()
+
+    def on_scrape(self) -> None:
+        """Fresh backend loads (called by the load monitor after each round of scrapes)."""
+        self.load.observe(self.pool, self.snapshot, self.metrics)
+
+    async def embed(self, text: str) -> np.ndarray:
+        """The query's embedding (off the event loop: the encoder is CPU-bound)."""
+        t0 = time.perf_counter()
+        vector = (await asyncio.to_thread(self.encoder.encode, [text]))[0]
+        self.metrics.embed_seconds.observe(time.perf_counter() - t0)
+        return vector
+
+    async def reload(self) -> PolicySnapshot:
+        """Re-read the policy file; an invalid file raises and leaves the running policy as is."""
+        snapshot = build_snapshot(self.settings.config_path, self.encoder)
+        await self.cache.reconfigure(snapshot.config)  # new categories get an index before use
+        self.snapshot = snapshot
+        self.load.clamp(snapshot)
+        log.info("policies reloaded from %s", self.settings.config_path)
+        return snapshot
+
+    async def reload_logged(self) -> None:
+        """Reload for SIGHUP: nobody to answer, so a refused file is logged."""
+        try:
+            await self.reload()
+        except PolicyError as exc:
+            log.error("reload refused, old policy still active:\n%s", exc)

@@ -1,0 +1,113 @@
+"""Talking to the backends: forward a request to the least-loaded one, fail over, relay streams.
+
+In-flight requests are counted by one `Lease` per request (controller.backends), released when
+the answer (or the stream) is over, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import httpx
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from controller import openai_format as oai
+from controller.backends import BackendPool, Lease
+from controller.metrics import Metrics
+from policies.schema import LoadPolicy
+
+log = logging.getLogger("controller.upstream")
+
+TIMEOUT = httpx.Timeout(connect=2.0, read=300.0, write=30.0, pool=5.0)
+#: Headers the backend must not see: hop-by-hop, the controller's own, the admin credential.
+HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "accept-encoding",
+               "x-adaptive-category", "cache-control", "x-admin-token"}
+
+#: Called with a complete, non-streamed response body once the backend's answer is over.
+OnComplete = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Upstream:
+    """The backend pool seen through one HTTP client."""
+
+    def __init__(self, http: httpx.AsyncClient, pool: BackendPool, metrics: Metrics) -> None:
+        self.http = http
+        self.pool = pool
+        self.metrics = metrics
+
+    async def forward(
+        self, path: str, endpoint: str, body: dict[str, Any], client_headers: Iterable[tuple[str, str]],
+        info: dict[str, str], policy: LoadPolicy, on_complete: OnComplete | None,
+    ) -> Response:
+        """Send to the best backend, the next one on a connection error; 503 when none answers."""
+        headers = [(k, v) for k, v in client_headers if k.lower() not in HOP_HEADERS]
+        for backend in self.pool.order(policy):
+            lease = Lease(backend)
+            try:
+                upstream = await self.http.send(
+                    self.http.build_request("POST", backend.url + path, json=body, headers=headers), stream=True)
+            except httpx.HTTPError as exc:
+                lease.release()
+                self.pool.failed(backend)
+                self.metrics.upstream_errors.labels(backend.url).inc()
+                log.warning("backend %s failed (%s), trying the next one", backend.url, exc)
+                continue
+            self.pool.succeeded(backend)
+            headers_out = info | {"x-backend": backend.url}
+            if body.get("stream") and upstream.status_code == 200:
+                return StreamingResponse(self._relay(lease, upstream, endpoint, on_complete), status_code=200,
+                                         media_type="text/event-stream", headers=headers_out)
+            try:
+                raw = await upstream.aread()
+            finally:
+                await upstream.aclose()
+                lease.release()
+            if upstream.status_code == 200 and on_complete is not None:
+                try:
+                    parsed = json.loads(raw)
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict):
+                    await on_complete(parsed)
+            return Response(raw, status_code=upstream.status_code, headers=headers_out,
+                            media_type=upstream.headers.get("content-type", "application/json"))
+        return oai.error(503, "no backend is reachable", "service_unavailable")
+
+    async def _relay(self, lease: Lease, upstream: httpx.Response, endpoint: str,
+                     on_complete: OnComplete | None) -> AsyncIterator[bytes]:
+        """Pass a backend's SSE stream through; hand it on only if it finished normally."""
+        assembler = oai.StreamAssembler(endpoint)
+        try:
+            async for chunk in upstream.aiter_raw():
+                assembler.feed(chunk)
+                yield chunk
+        except httpx.HTTPError as exc:
+            log.warning("stream from %s broke off: %s", lease.backend.url, exc)
+            return
+        finally:
+            await upstream.aclose()
+            lease.release()
+        if on_complete is not None and assembler.complete:
+            await on_complete(assembler.response())
+
+    async def models(self, policy: LoadPolicy) -> Response:
+        """The backends' model list, each model annotated with its backend's plugin status."""
+        for backend in self.pool.order(policy):
+            try:
+                listing = await self.http.get(backend.url + "/v1/models")
+                status = await self.http.get(backend.url + "/v1/adaptive/status")
+            except httpx.HTTPError:
+                self.pool.failed(backend)
+                continue
+            if listing.status_code != 200:
+                continue
+            data = listing.json()
+            plugin = status.json() if status.status_code == 200 else {"active": False}
+            for card in data.get("data", []):
+                card["adaptive"] = {"active": plugin.get("active", False), "backend": backend.url,
+                                    "workers": plugin.get("workers", [])}
+            return JSONResponse(data)
+        return oai.error(503, "no backend is reachable", "service_unavailable")
