@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 from bench import plotting
+from vllm_adaptive.profiles import ModelSpec, Profile, ProfileSet
 
 os.environ.setdefault("VLLM_PLUGINS", "adaptive")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -40,7 +41,6 @@ os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override the fixed KV
 
 CONTEXT, PROMPT, GENERATE, REQUESTS = 2048, 1920, 192, 32
 NIAH_LENGTHS, NIAH_DEPTHS, NIAH_REPS = (1024, 2048), (0.1, 0.3, 0.5, 0.7, 0.9), 2
-MODEL_DOC = {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576}
 TOKEN_BYTES = 2 * 3 * 64 * 2  # SmolLM2: one token of one layer, K and V, bf16
 
 
@@ -108,24 +108,25 @@ def worker(model: str, profiles: str, kv_bytes: int) -> dict:
     }
 
 
-def configurations(doc: dict, skip_doc: dict | None) -> dict[str, dict]:
-    """name -> profile entry (with skip, kv, strategy, kv_fraction)."""
-    configs = {"full": {"skip": [], "strategy": "full", "kv_fraction": 1.0}}
-    configs |= {n: p for n, p in doc["profiles"].items() if "kv" in p}
-    if skip_doc and "calibrated-2" in skip_doc["profiles"]:
+def configurations(table: ProfileSet, skip_table: ProfileSet | None) -> dict[str, Profile]:
+    """name -> profile (skip, kv, strategy, kv_fraction) of every configuration to run."""
+    configs = {"full": Profile("full", strategy="full", kv_fraction=1.0)}
+    configs |= {n: p for n, p in table.profiles.items() if p.kv}
+    if skip_table and "calibrated-2" in skip_table.profiles:
         from vllm_adaptive.calibrate import default_tier_size
-        from vllm_adaptive.kv import STRATEGIES, kv_fraction
-        from vllm_adaptive.profiles import kv_json
+        from vllm_adaptive.kv import KV, STRATEGIES, kv_fraction
 
-        skip = skip_doc["profiles"]["calibrated-2"]["skip"]
-        kv = doc["kv_calibration"]
-        running = [i for i in range(30) if i not in skip]
+        skip = skip_table.profiles["calibrated-2"].skip
+        kv = table.sections["kv_calibration"]
+        layers = table.num_layers
+        running = [i for i in range(layers) if i not in skip]
         budgets = STRATEGIES["sensitivity"]().allocate(
-            0.5, running, 30, kv["reference_tokens"], kv["block_size"], default_tier_size(len(running)), kv["sensitivity"])
-        budgets = [0 if i in skip else b for i, b in enumerate(budgets)]
-        configs["skip2-kv-sensitivity-50"] = {
-            "skip": skip, "kv": [kv_json(b) for b in budgets], "strategy": "skip+kv-sensitivity",
-            "kv_fraction": kv_fraction(budgets, kv["reference_tokens"], kv["block_size"])}
+            0.5, running, layers, kv["reference_tokens"], kv["block_size"], default_tier_size(len(running)),
+            kv["sensitivity"])
+        budgets = [KV.NONE if i in skip else b for i, b in enumerate(budgets)]
+        configs["skip2-kv-sensitivity-50"] = Profile(
+            "skip2-kv-sensitivity-50", skip, "skip+kv-sensitivity", kv=tuple(budgets),
+            kv_fraction=kv_fraction(budgets, kv["reference_tokens"], kv["block_size"]))
     return configs
 
 
@@ -148,20 +149,18 @@ def main() -> None:
     if not path.exists():
         subprocess.run([sys.executable, "-m", "vllm_adaptive.cli", "calibrate", model, "--budgets", "",
                         "--strategies", "", "--out", str(path)], check=True)
-    doc = json.loads(path.read_text())
+    served = ModelSpec.from_folder(model)
+    table = ProfileSet.load(path, served)
     skip_path = Path(args.skip_profiles)
-    configs = configurations(doc, json.loads(skip_path.read_text()) if skip_path.exists() else None)
+    configs = configurations(table, ProfileSet.load(skip_path, served) if skip_path.exists() else None)
 
-    from vllm_adaptive.kv import plan
-    from vllm_adaptive.profiles import parse_kv
+    from vllm_adaptive.kv import budget_json, plan
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, entry in configs.items():
-            file = Path(tmp) / f"{name}.json"
-            profile = {k: entry[k] for k in ("skip", "kv") if k in entry}
-            file.write_text(json.dumps({"format": "vllm-adaptive/profiles-v1", "model": MODEL_DOC,
-                                        "default": name, "profiles": {name: profile}}))
+            file = ProfileSet.of(served, [Profile(name, entry.skip, kv=entry.kv)], default=name).dump(
+                Path(tmp) / f"{name}.json")
             proc = subprocess.run([sys.executable, "-m", "bench.kv_budget", "--kv-mib", str(args.kv_mib),
                                    "--worker", str(file)], capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -169,11 +168,11 @@ def main() -> None:
                 print(f"{name}: engine failed\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
                 continue
             res = json.loads(lines[-1][7:])
-            budgets = parse_kv(entry["kv"], 30, frozenset(entry["skip"]), name) if "kv" in entry else (None,) * 30
-            kv_plan = plan(budgets)
+            kv_plan = plan(entry.kv_budgets(served.num_layers))
             page = res["block_size"] * TOKEN_BYTES
-            res |= {"strategy": entry["strategy"], "kv_fraction": entry["kv_fraction"], "skip": entry["skip"],
-                    "kv": entry.get("kv"), "calibrate_quality": entry.get("quality"),
+            res |= {"strategy": entry.strategy, "kv_fraction": entry.kv_fraction, "skip": sorted(entry.skip),
+                    "kv": [budget_json(b) for b in entry.kv] if entry.kv else None,
+                    "calibrate_quality": entry.quality or None,
                     "predicted_num_blocks": kv_plan.pool_blocks(kv_bytes, page),
                     "predicted_max_sequences": kv_plan.max_sequences(kv_bytes, page, CONTEXT, res["block_size"])}
             results[name] = res

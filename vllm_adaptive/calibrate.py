@@ -16,10 +16,9 @@ Profiles worse than the quality floor (--max-ppl-increase) are refused, with the
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +201,7 @@ class KVSettings:
     eval_chunks: int = 4
 
 
-def kv_allocations(num_layers: int, sensitivity: list[float], s: KVSettings, tier: int) -> dict[str, tuple[str, float, list]]:
+def kv_allocations(num_layers: int, sensitivity: list[float], s: KVSettings, tier: int) -> dict[str, tuple[str, float, list[kv.Budget]]]:
     """name -> (strategy, fraction, per-layer budgets) for every strategy and fraction."""
     layers = list(range(num_layers))
     out = {}
@@ -218,8 +217,8 @@ def calibrate(
     model_dir: Path, data: str, eval_data: str, budgets: list[int], strategies: list[str],
     calib_chunks: int = 8, eval_chunks: int = 16, max_ppl_increase: float | None = None,
     kv_settings: KVSettings | None = None,
-) -> tuple[dict[str, Any], list[str]]:
-    """Build the profile document; returns it and the refusal messages of the quality guard."""
+) -> tuple[profiles.ProfileSet, list[str]]:
+    """Build the profile set; returns it and the refusal messages of the quality guard."""
     from transformers import AutoTokenizer
 
     m = SkippableModel(model_dir)
@@ -242,7 +241,7 @@ def calibrate(
             sets[f"{sname}-{k}"] = frozenset(strategy.select(k, m.num_layers, metrics, calib_ppl))
             strategy_of[f"{sname}-{k}"] = sname
     quality = evaluate(m, held, {n: Variant(skip) for n, skip in sets.items()})
-    docs = {name: {"skip": sorted(skip), "strategy": strategy_of.get(name, "none")} for name, skip in sets.items()}
+    built = {name: profiles.Profile(name, skip, strategy_of.get(name, "none")) for name, skip in sets.items()}
     kv_doc: dict[str, Any] = {}
     if kv_settings and kv_settings.fractions:
         s = kv_settings
@@ -251,44 +250,38 @@ def calibrate(
         allocations = kv_allocations(m.num_layers, sensitivity, s, tier)
         long_held = chunks(tok, read_text(eval_data), s.eval_chunks, s.reference_tokens)
         variants = {profiles.FULL: Variant()} | {
-            n: Variant(windows=tuple((i, b) for i, b in enumerate(bs) if b)) for n, (_, _, bs) in allocations.items()
+            n: Variant(windows=tuple((i, b) for i, b in enumerate(bs) if isinstance(b, int)))
+            for n, (_, _, bs) in allocations.items()
         }
         kv_quality = evaluate(m, long_held, variants)
         for name, (sname, f, bs) in allocations.items():
             quality[name] = kv_quality[name]
-            docs[name] = {"skip": [], "strategy": f"kv-{sname}", "kv": [profiles.kv_json(b) for b in bs],
-                          "kv_fraction": round(kv.kv_fraction(bs, s.reference_tokens, s.block_size), 4)}
+            built[name] = profiles.Profile(name, frozenset(), f"kv-{sname}", kv=tuple(bs),
+                                           kv_fraction=round(kv.kv_fraction(bs, s.reference_tokens, s.block_size), 4))
         kv_doc = {**vars(s), "full_quality": vars(kv_quality[profiles.FULL]), "sensitivity": sensitivity,
                   "tier_size": tier}
     refused = []
-    doc_profiles = {}
-    for name, entry in docs.items():
+    kept = []
+    for name, p in built.items():
         q = quality[name]
         if name != profiles.FULL and max_ppl_increase is not None and q.delta_ppl_pct > 100 * max_ppl_increase:
+            kv_text = f", kv {[kv.budget_json(b) for b in p.kv]}" if p.kv else ""
             refused.append(
-                f"{name} (skip {entry['skip']}{', kv ' + str(entry['kv']) if 'kv' in entry else ''}) refused: "
+                f"{name} (skip {sorted(p.skip)}{kv_text}) refused: "
                 f"held-back perplexity +{q.delta_ppl_pct:.1f}% exceeds the floor of +{100 * max_ppl_increase:.1f}% "
                 "(--max-ppl-increase)"
             )
             continue
-        doc_profiles[name] = entry | {"quality": vars(q)}
+        kept.append(replace(p, quality=vars(q)))
     config = m.model.config
-    doc = {
-        "format": profiles.FORMAT,
-        "model": {"architecture": config.architectures[0] if config.architectures else "LlamaForCausalLM",
-                  "num_layers": m.num_layers, "hidden_size": config.hidden_size, "name": Path(model_dir).name},
-        "default": profiles.FULL,
-        "profiles": doc_profiles,
+    model = profiles.ModelSpec(config.architectures[0] if config.architectures else "LlamaForCausalLM",
+                               m.num_layers, config.hidden_size, Path(model_dir).name)
+    sections: dict[str, Any] = {
         "calibration": {"data": data, "eval_data": eval_data, "chunk_tokens": CHUNK,
                         "calib_chunks": calib_chunks, "eval_chunks": eval_chunks,
                         "max_ppl_increase": max_ppl_increase, "refused": refused},
         "layer_metrics": metrics,
     }
     if kv_doc:
-        doc["kv_calibration"] = kv_doc
-    return doc, refused
-
-
-def write(doc: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+        sections["kv_calibration"] = kv_doc
+    return profiles.ProfileSet.of(model, kept, sections=sections), refused

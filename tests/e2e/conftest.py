@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from controller.procs import free_port, start_vllm, stop_group, wait_http
+from vllm_adaptive.profiles import ModelSpec, Profile, ProfileSet
 
 
 def wait_ready(url: str, proc=None, timeout: float = 300) -> None:
@@ -25,12 +25,8 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     port = free_port()
     folder = tmp_path_factory.mktemp("vllm")
     log = folder / "server.log"
-    profiles = folder / "profiles.json"
-    profiles.write_text(json.dumps({
-        "format": "vllm-adaptive/profiles-v1",
-        "model": {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576},
-        "default": "full", "profiles": {n: {"skip": s} for n, s in SERVER_PROFILES.items()},
-    }))
+    profiles = ProfileSet.of(ModelSpec.from_folder(smollm2_dir),
+                             [Profile(n, frozenset(s)) for n, s in SERVER_PROFILES.items()]).dump(folder / "profiles.json")
     proc = start_vllm(str(smollm2_dir), port, str(log), max_model_len=1024, profiles=str(profiles))
     url = f"http://127.0.0.1:{port}"
     try:

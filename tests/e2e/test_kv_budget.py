@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.engine import result, run_engine
-from vllm_adaptive.kv import plan
-from vllm_adaptive.profiles import parse_kv
+from vllm_adaptive.kv import KV, plan
+from vllm_adaptive.profiles import ModelSpec, Profile, ProfileSet
 
 pytestmark = pytest.mark.engine
 
-MODEL = {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576}
 KV_BYTES = 64 << 20
 TOKEN_BYTES = 2 * 3 * 64 * 2  # one token of one layer: (K, V) x 3 KV heads x head 64 x bf16
-WINDOWS = {str(i): 256 for i in range(10, 20)} | {str(i): 512 for i in range(20, 30)}
 
 
-def profile_file(tmp_path, default: str, profiles: dict) -> str:
-    path = tmp_path / f"{default}.json"
-    path.write_text(json.dumps({"format": "vllm-adaptive/profiles-v1", "model": MODEL, "default": default,
-                                "profiles": profiles}))
-    return str(path)
+def budgets(windows: dict[int, int], skip=()) -> tuple:
+    """Per-layer budgets of SmolLM2's 30 layers: `windows` as given, skipped layers none, others full."""
+    return tuple(KV.NONE if i in skip else windows.get(i, KV.FULL) for i in range(30))
+
+
+WINDOWS = budgets({i: 256 for i in range(10, 20)} | {i: 512 for i in range(20, 30)})
+PROFILES = {"tiers": Profile("tiers", kv=WINDOWS),
+            "skip-window": Profile("skip-window", frozenset({5, 14}), kv=budgets({20: 1024, 21: 1024}, (5, 14)))}
+
+
+def profile_file(model, tmp_path, default: str, profiles: list[Profile]) -> str:
+    table = ProfileSet.of(ModelSpec.from_folder(model), profiles, default=default)
+    return str(table.dump(tmp_path / f"{default}.json"))
 
 
 def engine(model, path, kv_bytes: int = KV_BYTES, **kw) -> str:
@@ -51,15 +58,14 @@ print("RESULT", json.dumps({"num_blocks": cfg.num_blocks, "held": held,
 
 @pytest.mark.parametrize("case", ["full", "tiers", "skip-window"])
 def test_budgets_change_vllm_blocks_as_predicted(smollm2_dir, tmp_path, case):
-    profiles = {"tiers": {"skip": [], "kv": WINDOWS},
-                "skip-window": {"skip": [5, 14], "kv": {"20": 1024, "21": 1024}}}
-    path = profile_file(tmp_path, case, profiles)
+    profile = PROFILES.get(case, Profile(case))
+    path = profile_file(smollm2_dir, tmp_path, case, list(PROFILES.values()))
     prompt = 1000
     out = result(run_engine(smollm2_dir, engine(smollm2_dir, path) + f"\nPROMPT = {prompt}\n" + BLOCKS))
-    skip = frozenset(profiles.get(case, {}).get("skip", []))
-    budgets = parse_kv(profiles[case]["kv"], 30, skip, case) if case in profiles else (None,) * 30
-    predicted = plan(budgets)
-    assert sorted(map(str, out["groups"])) == sorted(str([g.window, sorted(g.layers)]) for g in predicted.groups)
+    predicted = plan(profile.kv_budgets(30))
+    vllm_window = {KV.FULL: None}  # vLLM's spec has no sliding_window for full attention
+    assert sorted(map(str, out["groups"])) == sorted(
+        str([vllm_window.get(g.window, g.window), sorted(g.layers)]) for g in predicted.groups)
     block = out["block_size"]
     page_bytes = block * TOKEN_BYTES
     assert out["num_blocks"] == predicted.pool_blocks(KV_BYTES, page_bytes)
@@ -81,7 +87,7 @@ def test_outputs_equal_full_kv_while_context_fits_every_budget(smollm2_dir, tmp_
         llm = LLM(%r, enforce_eager=True, max_model_len=2048)
         print("RESULT", json.dumps(texts(llm.generate(PROMPTS, sp(None)))))
     """ % str(smollm2_dir), plugins=""))
-    path = profile_file(tmp_path, "tiers", {"tiers": {"skip": [], "kv": WINDOWS}})
+    path = profile_file(smollm2_dir, tmp_path, "tiers", [PROFILES["tiers"]])
     long_text = " ".join(f"item {i} is {i * 7 % 13}." for i in range(200))  # ~1.4k tokens, past every window
     out = result(run_engine(smollm2_dir, engine(smollm2_dir, path) + """
 res = {"short": texts(llm.generate(PROMPTS, sp(None)))}
@@ -112,7 +118,10 @@ def test_bad_budgets_are_refused_at_start_up(smollm2_dir, tmp_path):
         # one 2048-token sequence needs ~47 MB with full KV: 16 MB of KV memory cannot hold it
         ({"skip": [], "kv": {"0": "full"}}, {"kv_bytes": 16 << 20}, "larger than the available KV cache memory"),
     ]
-    for spec, kw, message in cases:
-        path = profile_file(tmp_path, "bad", {"bad": spec})
-        proc = run_engine(smollm2_dir, engine(smollm2_dir, path, **kw) + "\nprint('RESULT', 1)")
+    for spec, kw, message in cases:  # a valid file whose profile then gets the bad budgets by hand
+        path = Path(profile_file(smollm2_dir, tmp_path, "bad", [Profile("bad")]))
+        doc = json.loads(path.read_text())
+        doc["profiles"]["bad"] |= spec
+        path.write_text(json.dumps(doc))
+        proc = run_engine(smollm2_dir, engine(smollm2_dir, str(path), **kw) + "\nprint('RESULT', 1)")
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]

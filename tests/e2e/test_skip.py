@@ -7,19 +7,15 @@ import json
 import pytest
 
 from tests.e2e.engine import result, run_engine
+from vllm_adaptive.profiles import ModelSpec, Profile, ProfileSet
 
 pytestmark = pytest.mark.engine
 
 @pytest.fixture(scope="module")
-def profile_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("profiles") / "profiles.json"
-    path.write_text(json.dumps({
-        "format": "vllm-adaptive/profiles-v1",
-        "model": {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576},
-        "default": "full",
-        "profiles": {"fast": {"skip": [14, 15]}, "fastest": {"skip": [8, 11, 14, 17, 20, 23]}},
-    }))
-    return path
+def profile_file(smollm2_dir, tmp_path_factory):
+    table = ProfileSet.of(ModelSpec.from_folder(smollm2_dir), [
+        Profile("fast", frozenset({14, 15})), Profile("fastest", frozenset({8, 11, 14, 17, 20, 23}))])
+    return table.dump(tmp_path_factory.mktemp("profiles") / "profiles.json")
 
 
 def test_profiles_skip_layers_and_mixed_batches_match_solo(smollm2_dir, profile_file):

@@ -2,7 +2,7 @@
 
 Each strategy is a small dataclass with one method, ``allocate(fraction, layers, num_layers,
 reference_tokens, block_size, tier_size, sensitivity)``, returning one budget per layer
-(None = full, n = window of n tokens) such that a sequence of `reference_tokens` holds about
+(KV.FULL, or n = a window of n tokens) such that a sequence of `reference_tokens` holds about
 `fraction` of its full-KV bytes in vLLM's pool over `layers` (the layers that run; skipped ones
 have none), counting whole blocks (see `kv_fraction`).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from vllm_adaptive.kv.layout import Budget, KVGroup, KVPlan, kv_fraction, plan
+from vllm_adaptive.kv.layout import KV, Budget, KVGroup, KVPlan, budget_json, kv_fraction, plan
 from vllm_adaptive.kv.pyramid import PyramidKV
 from vllm_adaptive.kv.sensitivity import SensitivityKV
 from vllm_adaptive.kv.uniform import UniformKV
@@ -25,8 +25,8 @@ class KVStrategy(Protocol):
                  block_size: int, tier_size: int, sensitivity: list[float]) -> list[Budget]: ...
 
 
-__all__ = ["STRATEGIES", "Budget", "KVGroup", "KVPlan", "PyramidKV", "SensitivityKV", "UniformKV",
-           "kv_fraction", "plan"]
+__all__ = ["KV", "STRATEGIES", "Budget", "KVGroup", "KVPlan", "PyramidKV", "SensitivityKV", "UniformKV",
+           "budget_json", "kv_fraction", "plan"]
 
 STRATEGIES: dict[str, Callable[[], KVStrategy]] = {
     UniformKV.name: UniformKV,

@@ -21,17 +21,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from math import ceil
 
-#: A layer's budget: None = full, 0 = none (layer skipped, no KV), n > 0 = window of n tokens.
-Budget = int | None
+
+class KV(Enum):
+    """A layer's KV budget when it is not a window of n tokens (named, so that a budget of
+    "no KV" can never be mistaken for a window of 0 or "full" for a missing value)."""
+
+    FULL = "full"  # every token of the context
+    NONE = "none"  # no KV at all: the layer is skipped (not built)
+
+
+#: A layer's budget: KV.FULL, KV.NONE, or n >= 1 = a window of the n latest tokens.
+Budget = KV | int
+
+
+def budget_json(budget: Budget) -> str | int:
+    """A budget as the profile file and the status route write it ("full", "none" or n)."""
+    return budget.value if isinstance(budget, KV) else budget
 
 
 @dataclass(frozen=True)
 class KVGroup:
     """One vLLM KV-cache group: layers sharing a block table (and a window)."""
 
-    window: int | None
+    window: Budget  # KV.FULL or a window of n tokens (never KV.NONE: such layers have no group)
     layers: tuple[int, ...]
 
 
@@ -62,18 +77,18 @@ class KVPlan:
         return self.pool_blocks(kv_bytes, page_bytes) // worst
 
 
-def max_held_blocks(window: int | None, tokens: int, block_size: int) -> int:
+def max_held_blocks(window: Budget, tokens: int, block_size: int) -> int:
     """Most blocks one layer group holds for a sequence of `tokens` decoding one token at a time:
     a window may start inside a block, so it can span one block more than its length."""
     full = ceil(tokens / block_size)
-    return full if window is None else min(ceil(window / block_size) + 1, full)
+    return full if window is KV.FULL else min(ceil(window / block_size) + 1, full)
 
 
-def held_blocks(window: int | None, tokens: int, block_size: int, in_flight: int = 1) -> int:
+def held_blocks(window: Budget, tokens: int, block_size: int, in_flight: int = 1) -> int:
     """Blocks one group holds for one sequence: vLLM frees a windowed layer's blocks that lie
     wholly before `computed - window + 1` (SlidingWindowManager.remove_skipped_blocks)."""
     total = ceil(tokens / block_size)
-    if window is None:
+    if window is KV.FULL:
         return total
     first_needed = max(0, tokens - in_flight - window + 1)
     return total - first_needed // block_size
@@ -81,9 +96,9 @@ def held_blocks(window: int | None, tokens: int, block_size: int, in_flight: int
 
 def plan(budgets: Sequence[Budget]) -> KVPlan:
     """vLLM 0.32.0's grouping (`_get_kv_cache_groups_uniform_page_size`) of these budgets."""
-    buckets: dict[int | None, list[int]] = {}
+    buckets: dict[Budget, list[int]] = {}
     for layer, budget in enumerate(budgets):
-        if budget != 0:
+        if budget is not KV.NONE:
             buckets.setdefault(budget, []).append(layer)
     if not buckets:
         raise ValueError("every layer has KV budget 'none'")
@@ -102,5 +117,5 @@ def plan(budgets: Sequence[Budget]) -> KVPlan:
 def kv_fraction(budgets: Sequence[Budget], tokens: int, block_size: int) -> float:
     """KV bytes a sequence of `tokens` holds in vLLM's pool (whole blocks, a window's partial
     first block included), relative to every layer full."""
-    held = sum(0 if b == 0 else max_held_blocks(b, tokens, block_size) for b in budgets)
+    held = sum(0 if b is KV.NONE else max_held_blocks(b, tokens, block_size) for b in budgets)
     return held / (len(budgets) * ceil(tokens / block_size))

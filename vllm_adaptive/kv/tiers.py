@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vllm_adaptive.kv.layout import Budget
+from vllm_adaptive.kv.layout import KV, Budget
 
 
 def water_fill(weights: Sequence[float], mean: float, cap: float, floor: float) -> list[float]:
@@ -37,12 +37,12 @@ def to_budgets(
     block boundary), so a tier allowed k blocks gets a window of k-1 blocks; a tier allowed the
     reference context (or more) stays full. The floor is two blocks (a one-block window).
     """
-    out: list[Budget] = [None] * num_layers
+    out: list[Budget] = [KV.FULL] * num_layers
     full_blocks = -(-reference_tokens // block_size)
     for tokens, layers in zip(tier_tokens, tier_layers, strict=True):
         blocks = max(2, round(tokens / block_size))
         for layer in layers:
-            out[layer] = None if blocks >= full_blocks else (blocks - 1) * block_size
+            out[layer] = KV.FULL if blocks >= full_blocks else (blocks - 1) * block_size
     return out
 
 

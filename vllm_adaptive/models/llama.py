@@ -19,6 +19,7 @@ from vllm.sequence import IntermediateTensors
 from vllm_adaptive import config as plugin_config
 from vllm_adaptive import profiles as profile_files
 from vllm_adaptive import state
+from vllm_adaptive.kv import KV, Budget, budget_json
 from vllm_adaptive.runtime import RUNTIME
 
 # A child of "vllm" so the line appears in vLLM's own log with its handlers.
@@ -36,7 +37,7 @@ class AdaptiveLlamaModel(LlamaModel):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", layer_type: type = LlamaDecoderLayer) -> None:
         budgets = RUNTIME.profiles.kv_layout if RUNTIME.profiles else None
-        if budgets is not None and any(b is not None for b in budgets):
+        if budgets is not None and any(b is not KV.FULL for b in budgets):
             layer_type = _budgeted_layer_factory(layer_type, budgets)
         super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=layer_type)
         self.layer_calls = [0] * len(self.layers)
@@ -79,7 +80,7 @@ class AdaptiveLlamaModel(LlamaModel):
         return hidden_states
 
 
-def _budgeted_layer_factory(layer_type: type, budgets: tuple[int | None, ...]):
+def _budgeted_layer_factory(layer_type: type, budgets: tuple[Budget, ...]):
     """Decoder layers built with their KV budget: a window W is vLLM's own per-layer sliding
     window (LlamaAttention reads it from `layer_types` of the config it is given, so the layer
     gets a private copy); a layer with no KV is not built (PPMissingLayer: no weights, no KV
@@ -87,9 +88,9 @@ def _budgeted_layer_factory(layer_type: type, budgets: tuple[int | None, ...]):
     def build(*, vllm_config: VllmConfig, prefix: str) -> torch.nn.Module:
         idx = extract_layer_index(prefix)
         budget = budgets[idx]
-        if budget == 0:
+        if budget is KV.NONE:
             return PPMissingLayer()
-        if budget is None:
+        if budget is KV.FULL:
             return layer_type(vllm_config=vllm_config, prefix=prefix)
         hf = vllm_config.model_config.hf_config
         config = copy.copy(hf)
@@ -113,7 +114,8 @@ def _load_profiles(vllm_config: VllmConfig) -> profile_files.ProfileSet | None:
             "torch.compile would freeze one skip set into the graph and silently ignore "
             "the profile each request asks for"
         )
-    table = profile_files.load(options.profiles, "LlamaForCausalLM", hf.num_hidden_layers, hf.hidden_size)
+    served = profile_files.ModelSpec("LlamaForCausalLM", hf.num_hidden_layers, hf.hidden_size)
+    table = profile_files.ProfileSet.load(options.profiles, served)
     table, dropped = table.with_default(options.default_profile or table.default, options.profiles)
     if dropped:
         logger.warning(
@@ -121,7 +123,7 @@ def _load_profiles(vllm_config: VllmConfig) -> profile_files.ProfileSet | None:
             "keeps no KV (or weights) for", dropped, table.default,
         )
     max_len = vllm_config.model_config.max_model_len
-    too_long = {i: b for i, b in enumerate(table.kv_layout) if b is not None and b >= max_len}
+    too_long = {i: b for i, b in enumerate(table.kv_layout) if isinstance(b, int) and b >= max_len}
     if too_long:
         raise profile_files.ProfileError(
             f"{options.profiles}: profile {table.default!r} gives layers {sorted(too_long)} KV budgets "
@@ -144,7 +146,7 @@ class AdaptiveLlamaForCausalLM(LlamaForCausalLM):
             type(self).__name__, os.getpid(), hf.num_hidden_layers,
             ", ".join(f"{n}={sorted(p.skip)}" for n, p in RUNTIME.profiles.profiles.items())
             if RUNTIME.profiles else "none",
-            [profile_files.kv_json(b) for b in RUNTIME.profiles.kv_layout] if RUNTIME.profiles else "all full",
+            [budget_json(b) for b in RUNTIME.profiles.kv_layout] if RUNTIME.profiles else "all full",
         )
 
     def _init_model(self, vllm_config: VllmConfig, prefix: str = "", layer_type: type = LlamaDecoderLayer):

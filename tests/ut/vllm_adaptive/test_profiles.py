@@ -10,14 +10,16 @@ import pytest
 import torch
 
 from vllm_adaptive import profiles
+from vllm_adaptive.kv import KV
 from vllm_adaptive.runtime import Runtime
 
-DOC = {"format": profiles.FORMAT, "model": {"architecture": "LlamaForCausalLM", "num_layers": 30, "hidden_size": 576},
-       "default": "fast", "profiles": {"fast": {"skip": [14, 15]}, "fastest": {"skip": [8, 11, 14]}}}
+MODEL = profiles.ModelSpec("LlamaForCausalLM", 30, 576)
+DOC = profiles.ProfileSet.of(MODEL, [profiles.Profile("fast", frozenset({14, 15})),
+                                     profiles.Profile("fastest", frozenset({8, 11, 14}))], default="fast").to_document()
 
 
 def parse(doc, layers=30, hidden=576):
-    return profiles.parse(doc, "p.json", "LlamaForCausalLM", layers, hidden)
+    return profiles.ProfileSet.parse(doc, "p.json", profiles.ModelSpec("LlamaForCausalLM", layers, hidden))
 
 
 def test_valid_document_and_implicit_full():
@@ -48,9 +50,34 @@ def test_load_reports_bad_json(tmp_path):
     path = tmp_path / "p.json"
     path.write_text("{oops")
     with pytest.raises(profiles.ProfileError, match="not valid JSON"):
-        profiles.load(path, "LlamaForCausalLM", 30, 576)
+        profiles.ProfileSet.load(path, MODEL)
     path.write_text(json.dumps(DOC))
-    assert profiles.load(path, "LlamaForCausalLM", 30, 576).default == "fast"
+    assert profiles.ProfileSet.load(path, MODEL).default == "fast"
+
+
+def test_written_file_reads_back_identical(tmp_path):
+    """The writer's output is the reader's input: every field and the calibration records survive."""
+    table = profiles.ProfileSet.of(
+        profiles.ModelSpec("LlamaForCausalLM", 30, 576, "SmolLM2"),
+        [profiles.Profile("fast", frozenset({3}), "calibrated", {"ppl": 9.5, "top1_agreement": 0.8}),
+         profiles.Profile("lean", frozenset({3}), "kv-uniform", kv=(KV.FULL,) * 3 + (KV.NONE,) + (256,) * 26,
+                          kv_fraction=0.31)],
+        sections={"calibration": {"refused": ["x"]}, "layer_metrics": {"delta_ppl": [1.0] * 30}})
+    back = profiles.ProfileSet.load(table.dump(tmp_path / "sub" / "p.json"), MODEL)
+    assert back == table
+    assert back.get("lean").kv_budgets(30)[:5] == (KV.FULL, KV.FULL, KV.FULL, KV.NONE, 256)
+    assert json.loads((tmp_path / "sub" / "p.json").read_text())["profiles"]["lean"]["kv"][:4] == [
+        "full", "full", "full", "none"]
+
+
+def test_without_a_served_model_the_file_is_read_against_its_own_model_block():
+    assert parse_own(DOC).model == MODEL
+    with pytest.raises(profiles.ProfileError, match="'model' must name architecture, num_layers, hidden_size"):
+        parse_own({**DOC, "model": {"architecture": "LlamaForCausalLM"}})
+
+
+def parse_own(doc):
+    return profiles.ProfileSet.parse(doc, "p.json")
 
 
 def test_runtime_plans_uniform_and_mixed_batches():

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_adaptive.profiles import ProfileError, parse, parse_kv
+from vllm_adaptive.kv import KV
+from vllm_adaptive.profiles import FORMAT, ModelSpec, ProfileError, ProfileSet, parse_kv
 
-MODEL = {"architecture": "LlamaForCausalLM", "num_layers": 4, "hidden_size": 8}
+MODEL = ModelSpec("LlamaForCausalLM", 4, 8)
 
 
 def doc(profiles, default="full"):
-    return {"format": "vllm-adaptive/profiles-v1", "model": MODEL, "default": default, "profiles": profiles}
+    """A hand-written document (the reader's input, valid or not)."""
+    return {"format": FORMAT, "model": MODEL.to_json(), "default": default, "profiles": profiles}
 
 
 def load(d):
-    return parse(d, "p.json", "LlamaForCausalLM", 4, 8)
+    return ProfileSet.parse(d, "p.json", MODEL)
 
 
 def test_list_and_object_forms():
-    assert parse_kv(["full", 256, "none", 512], 4, frozenset({2}), "kv") == (None, 256, 0, 512)
-    assert parse_kv({"1": 256}, 4, frozenset({3}), "kv") == (None, 256, None, 0)  # skipped -> none
+    assert parse_kv(["full", 256, "none", 512], 4, frozenset({2}), "kv") == (KV.FULL, 256, KV.NONE, 512)
+    assert parse_kv({"1": 256}, 4, frozenset({3}), "kv") == (KV.FULL, 256, KV.FULL, KV.NONE)  # skipped -> none
 
 
 @pytest.mark.parametrize("raw, skip, message", [
@@ -41,10 +43,10 @@ def test_default_profile_sets_the_layout_and_drops_profiles_it_cannot_serve():
     table = load(doc({"lean": {"skip": [1], "kv": {"3": 256}}, "leaner": {"skip": [1, 2]}, "fast": {"skip": [2]}},
                      default="lean"))
     served, dropped = table.with_default("lean")
-    assert served.kv_layout == (None, 0, None, 256)
+    assert served.kv_layout == (KV.FULL, KV.NONE, KV.FULL, 256)
     assert dropped == ["fast", "full"] and sorted(served.profiles) == ["lean", "leaner"]
     # with `full` as default every layer has KV and every profile is served
     served, dropped = table.with_default("full")
-    assert served.kv_layout == (None,) * 4 and dropped == []
+    assert served.kv_layout == (KV.FULL,) * 4 and dropped == []
     with pytest.raises(ProfileError, match="default profile 'nope'"):
         table.with_default("nope")

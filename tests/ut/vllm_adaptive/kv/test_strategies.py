@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_adaptive.kv import STRATEGIES, kv_fraction, plan
+from vllm_adaptive.kv import KV, STRATEGIES, kv_fraction, plan
 from vllm_adaptive.kv.tiers import split_tiers, water_fill
 
 L, REF, BLOCK, TIER = 30, 2048, 128, 5
@@ -16,7 +16,7 @@ SENSITIVITY = [abs(15 - i) ** 1.5 + 1 for i in range(L)]  # the outer layers nee
 def test_strategy_contract(name, fraction):
     budgets = STRATEGIES[name]().allocate(fraction, list(range(L)), L, REF, BLOCK, TIER, SENSITIVITY)
     assert len(budgets) == L
-    windows = [b for b in budgets if b is not None]
+    windows = [b for b in budgets if b is not KV.FULL]
     assert all(BLOCK <= w < REF and w % BLOCK == 0 for w in windows)  # whole blocks, below full context
     assert kv_fraction(budgets, REF, BLOCK) == pytest.approx(fraction, abs=BLOCK / REF / 2)  # whole blocks only
     kv = plan(budgets)
@@ -27,17 +27,17 @@ def test_strategy_contract(name, fraction):
 
 def test_pyramid_shrinks_with_depth_and_sensitivity_follows_the_measurement():
     pyramid = STRATEGIES["pyramid"]().allocate(0.5, list(range(L)), L, REF, BLOCK, TIER, SENSITIVITY)
-    size = [REF if b is None else b for b in pyramid]
+    size = [REF if b is KV.FULL else b for b in pyramid]
     assert all(a >= b for a, b in zip(size, size[1:])) and size[0] > size[-1]
     sens = STRATEGIES["sensitivity"]().allocate(0.5, list(range(L)), L, REF, BLOCK, TIER, SENSITIVITY)
-    size = [REF if b is None else b for b in sens]
+    size = [REF if b is KV.FULL else b for b in sens]
     assert size[0] > size[15] and size[29] > size[15]  # most sensitive layers keep the most
 
 
 def test_skipped_layers_are_left_out_of_the_allocation():
     running = [i for i in range(L) if i not in (5, 14)]
     budgets = STRATEGIES["pyramid"]().allocate(0.5, running, L, REF, BLOCK, 7, SENSITIVITY)
-    budgets = [0 if i in (5, 14) else b for i, b in enumerate(budgets)]
+    budgets = [KV.NONE if i in (5, 14) else b for i, b in enumerate(budgets)]
     assert plan(budgets).padding_layers == 0 and len(plan(budgets).groups) == 4
 
 
@@ -55,14 +55,14 @@ def test_tiers_must_divide_the_layers():
 
 
 def test_plan_follows_vllm_grouping_rules():
-    full = plan([None] * L)
+    full = plan([KV.FULL] * L)
     assert len(full.groups) == 1 and full.group_size == 30
     assert full.pool_blocks(64 << 20, 98304) == 22
     # 27 full + 1 window: vLLM groups one layer per group (27 + 1 groups)
-    odd = plan([0, 0] + [None] * 27 + [1024])
+    odd = plan([KV.NONE, KV.NONE] + [KV.FULL] * 27 + [1024])
     assert odd.group_size == 1 and len(odd.groups) == 28
     # 20 full + 10 windowed: groups of 10 layers, the full layers split in two groups
-    mixed = plan([None] * 20 + [256] * 10)
-    assert mixed.group_size == 10 and [g.window for g in mixed.groups] == [None, None, 256]
+    mixed = plan([KV.FULL] * 20 + [256] * 10)
+    assert mixed.group_size == 10 and [g.window for g in mixed.groups] == [KV.FULL, KV.FULL, 256]
     # a window frees whole blocks behind it: 1003 tokens, window 256, block 128 -> blocks 5..7
     assert mixed.blocks_per_sequence(1003, 128) == 8 + 8 + 3
