@@ -64,6 +64,12 @@ def _chunks(rid: str, model: str, message: dict[str, Any]) -> list[dict[str, Any
     return out
 
 
+def _bad_request(exc: Exception) -> Response:
+    return Response(json.dumps({"error": {"message": f"invalid request: {type(exc).__name__}",
+                                          "type": "BadRequestError", "param": None, "code": 400}}),
+                    status_code=400, media_type="application/json")
+
+
 def build(slots: int, service_seconds: float, speedups: dict[str, float] | None = None) -> FastAPI:
     app = FastAPI()
     sem = asyncio.Semaphore(slots)
@@ -86,11 +92,14 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = await request.json()
-        question = body["messages"][-1]["content"]
+        try:  # what vLLM's request validation refuses with a 400
+            body = await request.json()
+            question = str(body["messages"][-1]["content"])
+            message = _message(body, question)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            return _bad_request(exc)
         await serve(body)
-        rid, model = f"sim-{state['served']}", body.get("model", "sim")
-        message = _message(body, question)
+        rid, model = f"sim-{state['served']}", str(body.get("model", "sim"))
         if body.get("stream"):
             async def events() -> AsyncIterator[bytes]:
                 for chunk in _chunks(rid, model, message):
@@ -102,12 +111,18 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}), media_type="application/json")
 
     @app.post("/v1/completions")
-    async def completions(request: Request) -> dict:
-        body = await request.json()
+    async def completions(request: Request) -> Response:
+        try:
+            body = await request.json()
+            prompt = body["prompt"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return _bad_request(exc)
         await serve(body)
-        return {"id": f"sim-{state['served']}", "object": "text_completion", "created": int(time.time()),
-                "model": body.get("model", "sim"),
-                "choices": [{"index": 0, "text": f" ANSWER: {body['prompt']}", "finish_reason": "length"}]}
+        return Response(json.dumps({
+            "id": f"sim-{state['served']}", "object": "text_completion", "created": int(time.time()),
+            "model": str(body.get("model", "sim")),
+            "choices": [{"index": 0, "text": f" ANSWER: {prompt}", "finish_reason": "length"}]}),
+            media_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

@@ -44,7 +44,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
             log.info("semantic cache rebuilt from Redis: %d entries", loaded)
         except RedisError as exc:  # serve uncached rather than not at all
             log.error("Redis unreachable at start-up, starting with an empty cache: %s", exc)
-        async with httpx.AsyncClient(timeout=upstream.TIMEOUT) as http:
+        async with httpx.AsyncClient(timeout=upstream.timeout(settings.upstream_timeout)) as http:
             metrics = Metrics()
             pool = BackendPool(settings.backends)
             ctl = app.state.ctl = Controller(settings, encoder, snapshot, cache, pool,

@@ -50,6 +50,10 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin-token", default=None,
                    help="enables /admin/* (X-Admin-Token header); or set ADAPTIVE_ADMIN_TOKEN")
+    p.add_argument("--upstream-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="longest silence accepted from a backend (before its answer, between stream "
+                   "chunks); then the next backend is tried (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger requests get 413 (default: %(default)s)")
     p.add_argument("--encoder", default="minilm-int8-onnx",
                    choices=["minilm-int8-onnx", "minilm-fp32-torch"], help="query embedding model")
 

@@ -19,6 +19,7 @@ Compute profiles and sharing (documented in README):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ CATEGORY_HEADER = "x-adaptive-category"
 PROFILE_XARG = "adaptive_profile"
 FULL_PROFILE = "full"
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+#: What a profile file allows as a name (vllm_adaptive.profiles); also safe in a response header.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,10 @@ def parse(endpoint: str, body: Any, headers: dict[str, str], snap: PolicySnapsho
     xargs = body.get("vllm_xargs")
     if xargs is not None and not isinstance(xargs, dict):
         return PlanError(400, "'vllm_xargs' must be an object", "vllm_xargs")
+    profile = (xargs or {}).get(PROFILE_XARG)
+    if profile is not None and not (isinstance(profile, str) and PROFILE_NAME.fullmatch(profile)):
+        return PlanError(400, f"vllm_xargs.{PROFILE_XARG} must be a profile name (letters, digits, '_', '-', '.')",
+                         f"vllm_xargs.{PROFILE_XARG}")
     explicit = headers.get(CATEGORY_HEADER)
     if explicit is not None and explicit not in snap.categories:
         return PlanError(400, f"unknown category {explicit!r} in {CATEGORY_HEADER} (known: "
@@ -132,7 +139,7 @@ def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | 
     xargs = dict(parsed.body.get("vllm_xargs") or {})
     client_profile = xargs.get(PROFILE_XARG)
     if client_profile is not None:
-        profile, source, accept = str(client_profile), "client", frozenset({str(client_profile)})
+        profile, source, accept = client_profile, "client", frozenset({client_profile})
     else:
         profile, source = decision.compute_profile, "policy"
         ladder = [policy.compute_profile, *policy.load.profile_ladder]

@@ -21,8 +21,11 @@ from controller.service import Controller
 async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
     """Answer one chat or completions request."""
     snap, level = ctl.snapshot, ctl.load.level  # read once: one consistent policy per request
+    raw = await _read_body(request, ctl.settings.max_body_bytes)
+    if raw is None:
+        return oai.error(413, f"request body larger than {ctl.settings.max_body_bytes} bytes", "request_too_large")
     try:
-        body = json.loads(await request.body())
+        body = json.loads(raw, parse_constant=_not_json)
     except ValueError:
         body = None
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -70,6 +73,25 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
 
     return await ctl.upstream.forward(plan.path, endpoint, plan.upstream_body, request.headers.items(), info,
                                       snap.config.load_policy, store if plan.write else None)
+
+
+def _not_json(token: str) -> Any:
+    """NaN and Infinity are not JSON (Python accepts them; the backend request could not be sent)."""
+    raise ValueError(f"{token} is not valid JSON")
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None past `limit` bytes (stops reading there: no unbounded buffer)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _iter(chunks: list[bytes]) -> AsyncIterator[bytes]:

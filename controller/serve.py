@@ -33,6 +33,7 @@ def run_controller(args: argparse.Namespace, ready: Callable[[Any], None] | None
         settings = Settings(
             config_path=Path(args.config), backends=args.backend, redis_url=redis_url,
             admin_token=args.admin_token or os.environ.get("ADAPTIVE_ADMIN_TOKEN"),
+            upstream_timeout=args.upstream_timeout, max_body_bytes=args.max_body_bytes,
         )
         try:
             app = create_app(settings, embeddings.load(args.encoder))

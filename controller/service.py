@@ -35,6 +35,8 @@ class Settings:
     redis_url: str
     admin_token: str | None = None
     cache_prefix: str = "va"
+    upstream_timeout: float = 120.0  # longest silence accepted from a backend (controller.upstream)
+    max_body_bytes: int = 8 << 20  # larger request bodies get 413
 
 
 class Controller:

@@ -2,6 +2,11 @@
 
 In-flight requests are counted by one `Lease` per request (controller.backends), released when
 the answer (or the stream) is over, whatever happens.
+
+Faults: a backend that refuses the connection, or accepts it and sends nothing within the
+upstream timeout (a hung process, a partition), is taken out of rotation for a while and the
+next one is tried. A stream that breaks off or stalls mid-way ends, for the client, with an
+OpenAI-style error event and `[DONE]` (as vLLM itself ends a failed stream); it is never cached.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from policies.schema import LoadPolicy
 
 log = logging.getLogger("controller.upstream")
 
-TIMEOUT = httpx.Timeout(connect=2.0, read=300.0, write=30.0, pool=5.0)
+DEFAULT_TIMEOUT_SECONDS = 120.0
+
+
+def timeout(seconds: float = DEFAULT_TIMEOUT_SECONDS) -> httpx.Timeout:
+    """`seconds` is the longest silence accepted from a backend: before the response headers (a
+    non-streamed answer arrives whole, so it bounds generation time too) and between stream chunks."""
+    return httpx.Timeout(connect=2.0, read=seconds, write=30.0, pool=5.0)
 #: Headers the backend must not see: hop-by-hop, the controller's own, the admin credential.
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "accept-encoding",
                "x-adaptive-category", "cache-control", "x-admin-token"}
@@ -53,7 +64,7 @@ class Upstream:
                 lease.release()
                 self.pool.failed(backend)
                 self.metrics.upstream_errors.labels(backend.url).inc()
-                log.warning("backend %s failed (%s), trying the next one", backend.url, exc)
+                log.warning("backend %s failed (%s: %s), trying the next one", backend.url, type(exc).__name__, exc)
                 continue
             self.pool.succeeded(backend)
             headers_out = info | {"x-backend": backend.url}
@@ -62,6 +73,11 @@ class Upstream:
                                          media_type="text/event-stream", headers=headers_out)
             try:
                 raw = await upstream.aread()
+            except httpx.HTTPError as exc:  # died or stalled while sending its body
+                self.pool.failed(backend)
+                self.metrics.upstream_errors.labels(backend.url).inc()
+                log.warning("backend %s broke off its answer (%s)", backend.url, type(exc).__name__)
+                return oai.error(502, f"the backend failed while answering ({type(exc).__name__})", "upstream_error")
             finally:
                 await upstream.aclose()
                 lease.release()
@@ -85,7 +101,13 @@ class Upstream:
                 assembler.feed(chunk)
                 yield chunk
         except httpx.HTTPError as exc:
-            log.warning("stream from %s broke off: %s", lease.backend.url, exc)
+            log.warning("stream from %s broke off: %s: %s", lease.backend.url, type(exc).__name__, exc)
+            self.pool.failed(lease.backend)
+            self.metrics.upstream_errors.labels(lease.backend.url).inc()
+            # Close any half-sent event first, then end the stream the way vLLM ends a failed one.
+            yield b"\n\n" + oai.sse({"error": {"message": f"the backend failed mid-stream ({type(exc).__name__})",
+                                               "type": "upstream_error", "param": None, "code": 502}})
+            yield oai.sse("[DONE]")
             return
         finally:
             await upstream.aclose()

@@ -103,12 +103,13 @@ class ServedApp:
 class ControllerHandle(ServedApp):
     """A controller (the real app) in front of `backends`, on the test Redis."""
 
-    def __init__(self, config_path: Path, backends: list[str], redis_url: str, encoder, admin_token="t0k"):
+    def __init__(self, config_path: Path, backends: list[str], redis_url: str, encoder, admin_token="t0k",
+                 **settings) -> None:
         from controller.app import create_app
         from controller.service import Settings
 
         self.admin_token = admin_token
-        super().__init__(create_app(Settings(config_path, backends, redis_url, admin_token), encoder))
+        super().__init__(create_app(Settings(config_path, backends, redis_url, admin_token, **settings), encoder))
 
     @property
     def ctl(self):
@@ -121,8 +122,8 @@ def start_controller(redis_server, encoder, policies_path):
     """Start controllers on the test Redis; all are stopped after the test."""
     handles = []
 
-    def start(backends, config_path=policies_path, encoder_=None):
-        handle = ControllerHandle(config_path, backends, redis_server.url, encoder_ or encoder)
+    def start(backends, config_path=policies_path, encoder_=None, **settings):
+        handle = ControllerHandle(config_path, backends, redis_server.url, encoder_ or encoder, **settings)
         handles.append(handle)
         return handle
 
