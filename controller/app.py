@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from controller import admin, load_monitor, proxy, upstream
 from controller.backends import BackendPool
+from controller.breaker import CircuitBreaker, GuardedRedis
 from controller.cache import SemanticCache
 from controller.embeddings import Encoder
 from controller.metrics import Metrics
@@ -37,7 +38,16 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        metrics = Metrics()
+
+        def breaker_changed(is_open: bool) -> None:
+            metrics.redis_breaker_open.set(int(is_open))
+            if is_open:
+                metrics.redis_breaker_trips.inc()
+
+        breaker = CircuitBreaker(timeout=settings.redis_timeout, on_change=breaker_changed)
+        client = GuardedRedis(aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0), breaker)
         cache = SemanticCache(client, snapshot.config, encoder.dim, settings.cache_prefix)
         try:
             loaded = await cache.rebuild()
@@ -45,7 +55,6 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         except RedisError as exc:  # serve uncached rather than not at all
             log.error("Redis unreachable at start-up, starting with an empty cache: %s", exc)
         async with httpx.AsyncClient(timeout=upstream.timeout(settings.upstream_timeout)) as http:
-            metrics = Metrics()
             pool = BackendPool(settings.backends)
             ctl = app.state.ctl = Controller(settings, encoder, snapshot, cache, pool,
                                              upstream.Upstream(http, pool, metrics), metrics)
@@ -96,6 +105,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         for name, index in ctl.cache.indexes.items():
             ctl.metrics.entries.labels(name).set(len(index.entries))
             ctl.metrics.evictions.labels(name).set(index.quota_evictions)
+        ctl.metrics.redis_fast_failures.set(ctl.cache.redis.breaker.fast_failures)
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -49,3 +49,12 @@ class Metrics:
         self.upstream_errors = Counter(
             "adaptive_upstream_errors", "Backend connection failures", ["backend"], registry=r
         )
+        self.redis_breaker_open = Gauge(
+            "adaptive_redis_breaker_open", "1 while Redis is bypassed (controller.breaker)", registry=r
+        )
+        self.redis_breaker_trips = Counter(
+            "adaptive_redis_breaker_trips", "Times Redis failed and the cache was bypassed", registry=r
+        )
+        self.redis_fast_failures = Gauge(
+            "adaptive_redis_fast_failures", "Redis operations refused at once by the open breaker", registry=r
+        )

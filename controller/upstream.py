@@ -11,6 +11,7 @@ OpenAI-style error event and `[DONE]` (as vLLM itself ends a failed stream); it 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -27,6 +28,8 @@ from policies.schema import LoadPolicy
 log = logging.getLogger("controller.upstream")
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
+#: Longest a response waits for its cache store (a healthy Redis takes about a millisecond).
+STORE_WAIT = 0.05
 
 
 def timeout(seconds: float = DEFAULT_TIMEOUT_SECONDS) -> httpx.Timeout:
@@ -48,6 +51,15 @@ class Upstream:
         self.http = http
         self.pool = pool
         self.metrics = metrics
+        self._pending: set[asyncio.Task] = set()  # stores still running after the answer went out
+
+    async def _settle(self, store: Awaitable[None]) -> None:
+        """Let a cache store finish, but never keep the client waiting more than STORE_WAIT for it
+        (a slow or hung Redis): past that it finishes in the background."""
+        task = asyncio.ensure_future(store)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        await asyncio.wait({task}, timeout=STORE_WAIT)
 
     async def forward(
         self, path: str, endpoint: str, body: dict[str, Any], client_headers: Iterable[tuple[str, str]],
@@ -87,7 +99,7 @@ class Upstream:
                 except ValueError:
                     parsed = None
                 if isinstance(parsed, dict):
-                    await on_complete(parsed)
+                    await self._settle(on_complete(parsed))
             return Response(raw, status_code=upstream.status_code, headers=headers_out,
                             media_type=upstream.headers.get("content-type", "application/json"))
         return oai.error(503, "no backend is reachable", "service_unavailable")
@@ -113,7 +125,7 @@ class Upstream:
             await upstream.aclose()
             lease.release()
         if on_complete is not None and assembler.complete:
-            await on_complete(assembler.response())
+            await self._settle(on_complete(assembler.response()))
 
     async def models(self, policy: LoadPolicy) -> Response:
         """The backends' model list, each model annotated with its backend's plugin status."""
