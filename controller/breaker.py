@@ -29,7 +29,7 @@ class BreakerOpen(RedisError):
 class CircuitBreaker:
     """Closed -> (failure) -> open for `cooldown` s -> half-open (one probe) -> closed or open."""
 
-    def __init__(self, timeout: float = 0.25, cooldown: float = 1.0, max_cooldown: float = 30.0,
+    def __init__(self, timeout: float = 0.5, cooldown: float = 1.0, max_cooldown: float = 30.0,
                  on_change: Callable[[bool], None] | None = None) -> None:
         self.timeout = timeout
         self.base_cooldown = cooldown

@@ -54,6 +54,9 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
                    help="longest silence accepted from a backend (before its answer, between stream "
                    "chunks); then the next backend is tried (default: %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger requests get 413 (default: %(default)s)")
+    p.add_argument("--redis-timeout", type=float, default=0.5, metavar="SECONDS",
+                   help="deadline of one Redis round-trip; past it the cache is bypassed (circuit breaker) "
+                   "until Redis answers again (default: %(default)s)")
     p.add_argument("--encoder", default="minilm-int8-onnx",
                    choices=["minilm-int8-onnx", "minilm-fp32-torch"], help="query embedding model")
 

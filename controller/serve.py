@@ -34,6 +34,7 @@ def run_controller(args: argparse.Namespace, ready: Callable[[Any], None] | None
             config_path=Path(args.config), backends=args.backend, redis_url=redis_url,
             admin_token=args.admin_token or os.environ.get("ADAPTIVE_ADMIN_TOKEN"),
             upstream_timeout=args.upstream_timeout, max_body_bytes=args.max_body_bytes,
+            redis_timeout=args.redis_timeout,
         )
         try:
             app = create_app(settings, embeddings.load(args.encoder))

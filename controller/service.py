@@ -37,7 +37,7 @@ class Settings:
     cache_prefix: str = "va"
     upstream_timeout: float = 120.0  # longest silence accepted from a backend (controller.upstream)
     max_body_bytes: int = 8 << 20  # larger request bodies get 413
-    redis_timeout: float = 0.25  # deadline of one Redis round-trip before the breaker opens
+    redis_timeout: float = 0.5  # deadline of one Redis round-trip before the breaker opens
 
 
 class Controller:
