@@ -1,20 +1,122 @@
-"""Assigns a query to a policy category: keyword rules first, then nearest centroid."""
+"""Assigns a query to a policy category: keyword rules, then a learned model (or centroids).
+
+Order, first match wins:
+1. keyword rules of the policy YAML, in YAML order (an operator's explicit word always wins);
+2. with `classifier.weights` in the policy: a multinomial logistic regression over the query's
+   sentence embedding (the vector the cache already computed, so no second model on the hot
+   path). Its top probability below `classifier.confidence_floor` sends the query to
+   `default_category` (the strictest policy), so uncertainty never loosens a policy. The YAML
+   examples are folded into the model's training data (`adaptive-controller train-classifier
+   --policy`), not consulted at run time;
+3. without weights: the category whose YAML example centroid is closest, if at least
+   `min_category_similarity`; otherwise `default_category`.
+
+Weights file (.npz, written by controller/train_classifier.py, no pickles): `weights` (k, dim),
+`bias` (k,), `categories` (k,), `meta` (JSON: encoder, training settings, held-back report) and
+the held-back `test_probs` / `test_labels`, so `check` can report the model under any floor.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from controller.embeddings import Encoder
 from policies.schema import PolicyConfig
 
+FORMAT = 1
+ARRAYS = ("weights", "bias", "categories", "meta", "test_probs", "test_labels")
+
+
+class ClassifierError(ValueError):
+    """A weights file that cannot be used; the message names the file and the reason."""
+
+
+class Assignment(NamedTuple):
+    """A query's category and how it was chosen."""
+
+    category: str
+    confidence: float | None  # model probability or centroid similarity; None for keyword / default
+    source: str  # "keyword", "model", "low_confidence", "centroid" or "default"
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """Softmax regression over unit sentence vectors: p = softmax(W v + b)."""
+
+    categories: tuple[str, ...]
+    weights: np.ndarray
+    bias: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    test_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    test_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """Class probabilities for one vector (k,) or a batch (n, k)."""
+        logits = vectors @ self.weights.T + self.bias
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def save(self, path: Path) -> None:
+        """Write the .npz weights file (plain arrays and a JSON string; loads without pickle)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fh:  # np.savez would append ".npz" to other suffixes
+            np.savez(
+                fh, weights=self.weights.astype(np.float32), bias=self.bias.astype(np.float32),
+                categories=np.array(self.categories), meta=np.array(json.dumps({"format": FORMAT, **self.meta})),
+                test_probs=self.test_probs.astype(np.float32), test_labels=self.test_labels.astype(np.int64),
+            )
+
+
+def load_model(path: Path, dim: int) -> LinearModel:
+    """Read and validate a weights file for `dim`-sized vectors; ClassifierError says what is wrong."""
+    def bad(reason: str) -> ClassifierError:
+        return ClassifierError(f"classifier weights {path}: {reason}")
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [name for name in ARRAYS if name not in npz.files]
+            if missing:
+                raise bad(f"missing arrays {', '.join(missing)} (not written by train-classifier?)")
+            arrays = {name: npz[name] for name in ARRAYS}
+    except FileNotFoundError:
+        raise bad("no such file (train one with `adaptive-controller train-classifier`)") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if isinstance(exc, ClassifierError):
+            raise
+        raise bad(f"not a readable .npz weights file ({exc})") from None
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError:
+        raise bad("meta is not JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise bad(f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {FORMAT}")
+    w, b, names = arrays["weights"], arrays["bias"], arrays["categories"]
+    k = len(names)
+    if names.dtype.kind != "U" or k < 2 or len(set(names.tolist())) != k:
+        raise bad("categories must be at least two distinct names")
+    if w.shape != (k, dim) or b.shape != (k,):
+        raise bad(f"weights {w.shape} / bias {b.shape} do not fit {k} categories x {dim}-dim embeddings")
+    if not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise bad("weights contain NaN or infinity")
+    probs, labels = arrays["test_probs"], arrays["test_labels"]
+    if probs.ndim != 2 or probs.shape != (len(labels), k) or (len(labels) and not 0 <= labels.min() <= labels.max() < k):
+        raise bad("held-back predictions do not match the categories")
+    return LinearModel(tuple(names.tolist()), w.astype(np.float32), b.astype(np.float32), meta, probs, labels)
+
 
 class Classifier:
-    """Keyword rules (in YAML order) win; otherwise the category whose example centroid is
-    closest, if at least `min_category_similarity`; otherwise the default category."""
+    """Keyword rules, then the learned model (with its confidence floor) or the example centroids."""
 
-    def __init__(self, config: PolicyConfig, encoder: Encoder) -> None:
+    def __init__(self, config: PolicyConfig, encoder: Encoder, base_dir: Path | None = None) -> None:
+        """`base_dir`: where a relative `classifier.weights` path is resolved (the policy file's folder)."""
         self.default = config.default_category
         self.min_similarity = config.min_category_similarity
         self._rules = [
@@ -22,6 +124,23 @@ class Classifier:
             for c in config.categories
             if c.keywords
         ]
+        self.model: LinearModel | None = None
+        self.floor = 0.0
+        self.weights_path: Path | None = None
+        if config.classifier is not None:
+            if base_dir is None:
+                raise ClassifierError("classifier weights: the policy file's folder is needed to find them")
+            self.weights_path = base_dir / config.classifier.weights
+            self.model = load_model(self.weights_path, encoder.dim)
+            unknown = sorted(set(self.model.categories) - {c.name for c in config.categories})
+            if unknown:
+                raise ClassifierError(
+                    f"classifier weights {self.weights_path}: categories {', '.join(unknown)} are not in the policy"
+                )
+            self.floor = config.classifier.confidence_floor
+            self._names: list[str] = list(self.model.categories)
+            self._centroids = np.zeros((0, encoder.dim), dtype=np.float32)
+            return
         with_examples = [c for c in config.categories if c.examples]
         self._names = [c.name for c in with_examples]
         centroids = [encoder.encode(c.examples).mean(axis=0) for c in with_examples]
@@ -31,14 +150,26 @@ class Classifier:
             else np.zeros((0, encoder.dim), dtype=np.float32)
         )
 
-    def classify(self, text: str, vector: np.ndarray) -> tuple[str, float | None]:
-        """(category, centroid similarity or None when a keyword rule decided)."""
+    def assign(self, text: str, vector: np.ndarray) -> Assignment:
+        """The category of a query (`vector`: its unit embedding, as the cache computed it)."""
         for name, pattern in self._rules:
             if pattern.search(text):
-                return name, None
+                return Assignment(name, None, "keyword")
+        if self.model is not None:
+            probs = self.model.probabilities(vector)
+            best = int(np.argmax(probs))
+            p = float(probs[best])
+            if p >= self.floor:
+                return Assignment(self._names[best], p, "model")
+            return Assignment(self.default, p, "low_confidence")
         if len(self._names):
             sims = self._centroids @ vector
             best = int(np.argmax(sims))
             if sims[best] >= self.min_similarity:
-                return self._names[best], float(sims[best])
-        return self.default, None
+                return Assignment(self._names[best], float(sims[best]), "centroid")
+        return Assignment(self.default, None, "default")
+
+    def classify(self, text: str, vector: np.ndarray) -> tuple[str, float | None]:
+        """(category, confidence): `assign` without the source."""
+        a = self.assign(text, vector)
+        return a.category, a.confidence

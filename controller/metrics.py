@@ -19,6 +19,14 @@ class Metrics:
             ["category", "reason"], registry=r,
         )
         self.stores = Counter("adaptive_cache_stores", "Answers stored", ["category"], registry=r)
+        self.assignments = Counter(
+            "adaptive_category_assignments", "Requests per category and how it was chosen "
+            "(header, keyword, model, low_confidence, centroid, default)", ["category", "source"], registry=r,
+        )
+        self.low_confidence = Counter(
+            "adaptive_classifier_low_confidence", "Requests sent to the default category because the "
+            "classifier's top probability was below classifier.confidence_floor", registry=r,
+        )
         self.hit_similarity = Histogram(
             "adaptive_cache_hit_similarity", "Cosine similarity of served hits", ["category"],
             buckets=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0), registry=r,

@@ -73,6 +73,7 @@ class RequestPlan:
 
     endpoint: str
     category: str
+    category_source: str  # "header", or how the classifier chose (controller.classifier.Assignment)
     decision: Decision
     key: CacheKey | None
     vector: np.ndarray | None
@@ -126,11 +127,11 @@ def parse(endpoint: str, body: Any, headers: dict[str, str], snap: PolicySnapsho
 def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | None) -> RequestPlan:
     """Finish the plan; `vector` is the query's embedding when `parsed.needs_vector(snap)`."""
     if parsed.explicit_category is not None:
-        category = parsed.explicit_category
+        category, category_source = parsed.explicit_category, "header"
     elif parsed.key is not None and vector is not None:
-        category, _ = snap.classifier.classify(parsed.key.query, vector)
+        category, _, category_source = snap.classifier.assign(parsed.key.query, vector)
     else:
-        category = snap.config.default_category
+        category, category_source = snap.config.default_category, "default"
     policy = snap.policy(category)
     decision = snap.decision(category, level)
     read, write, reason = (False, False, "shape") if parsed.key is None else _cache_use(
@@ -147,7 +148,7 @@ def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | 
         xargs[PROFILE_XARG] = profile
     upstream_body = {**parsed.body, "vllm_xargs": xargs}
     return RequestPlan(
-        parsed.endpoint, category, decision, parsed.key, vector if (read or write) else None,
+        parsed.endpoint, category, category_source, decision, parsed.key, vector if (read or write) else None,
         read, write, reason, profile, source, accept, upstream_body,
     )
 

@@ -36,6 +36,9 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
     plan = planning.plan(parsed, snap, level, vector)
     info = plan.headers()
     category = plan.category
+    ctl.metrics.assignments.labels(category, plan.category_source).inc()
+    if plan.category_source == "low_confidence":
+        ctl.metrics.low_confidence.inc()
 
     if plan.read:
         assert plan.key is not None and plan.vector is not None

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.classifier import Classifier
+from controller.classifier import Classifier, ClassifierError
 from controller.embeddings import Encoder
 from policies.load import Decision, decide
-from policies.schema import CategoryPolicy, PolicyConfig, PolicyError, parse_policies
+from policies.schema import CategoryPolicy, PolicyConfig, PolicyError, field_line, parse_policies
 
 
 def load_policies(path: Path) -> PolicyConfig:
@@ -51,4 +51,9 @@ class PolicySnapshot:
 def build_snapshot(path: Path, encoder: Encoder) -> PolicySnapshot:
     """Load, validate and derive; raises PolicyError and builds nothing on an invalid file."""
     config = load_policies(path)
-    return PolicySnapshot(path, config, Classifier(config, encoder), frozenset(c.name for c in config.categories))
+    try:  # the classifier's weights are re-read on every load: a reload picks up new ones
+        classifier = Classifier(config, encoder, path.parent)
+    except ClassifierError as exc:
+        field = ("classifier", "weights")
+        raise PolicyError(str(path), [(field_line(path.read_text(), field), ".".join(field), str(exc))]) from None
+    return PolicySnapshot(path, config, classifier, frozenset(c.name for c in config.categories))

@@ -98,6 +98,16 @@ class LoadPolicy(_Strict):
         return self
 
 
+class ClassifierSettings(_Strict):
+    """A learned category classifier (train with `adaptive-controller train-classifier`)."""
+
+    weights: str = Field(min_length=1, description="weights file (.npz); relative to the policy file's folder")
+    confidence_floor: float = Field(
+        default=0.6, ge=0.0, le=1.0,
+        description="below this top probability a query goes to default_category (the strictest)",
+    )
+
+
 class PolicyConfig(_Strict):
     """The whole policy file."""
 
@@ -115,6 +125,9 @@ class PolicyConfig(_Strict):
         description="below this centroid similarity a query falls to default_category",
     )
     load_policy: LoadPolicy = Field(default_factory=LoadPolicy)
+    classifier: ClassifierSettings | None = Field(
+        default=None, description="learned classifier; without it, example centroids decide",
+    )
     categories: list[Category] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -160,6 +173,14 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             break
         node = child
     return line
+
+
+def field_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the field at `loc` in YAML `text` (for errors found after parsing)."""
+    try:
+        return _node_line(yaml.compose(text, Loader=yaml.SafeLoader), loc)
+    except yaml.YAMLError:
+        return None
 
 
 def _field_path(loc: tuple[Any, ...], data: Any) -> str:

@@ -69,3 +69,15 @@ def test_category_without_examples_or_keywords_refused():
     text = GOOD.replace("    keywords: [python]\n", "")
     with pytest.raises(PolicyError, match="needs examples or keywords"):
         parse_policies(text, "x.yaml")
+
+
+def test_classifier_section():
+    config = parse_policies(GOOD.replace("categories:", "classifier: {weights: clf.npz}\ncategories:", 1), "c.yaml")
+    assert config.classifier is not None
+    assert config.classifier.weights == "clf.npz" and config.classifier.confidence_floor == 0.6
+    bad = GOOD.replace("categories:", "classifier:\n  weights: clf.npz\n  confidence_floor: 1.5\ncategories:", 1)
+    with pytest.raises(PolicyError) as err:
+        parse_policies(bad, "c.yaml")
+    assert "c.yaml:5: classifier.confidence_floor:" in str(err.value)
+    with pytest.raises(PolicyError, match="c.yaml:3: classifier.weights:"):
+        parse_policies(GOOD.replace("categories:", "classifier: {weights: ''}\ncategories:", 1), "c.yaml")
