@@ -26,6 +26,7 @@ from controller.backends import BackendPool
 from controller.breaker import CircuitBreaker, GuardedRedis
 from controller.cache import SemanticCache
 from controller.embeddings import Encoder
+from controller.feed import ChangeFeed
 from controller.metrics import Metrics
 from controller.service import Controller, Settings
 from controller.snapshot import build_snapshot
@@ -46,9 +47,9 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
                 metrics.redis_breaker_trips.inc()
 
         breaker = CircuitBreaker(timeout=settings.redis_timeout, on_change=breaker_changed)
-        client = GuardedRedis(aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0), breaker)
-        cache = SemanticCache(client, snapshot.config, encoder.dim, settings.cache_prefix)
+        raw = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        feed = ChangeFeed(raw, settings.cache_prefix)
+        cache = SemanticCache(GuardedRedis(raw, breaker), snapshot.config, encoder.dim, settings.cache_prefix, feed)
         try:
             loaded = await cache.rebuild()
             log.info("semantic cache rebuilt from Redis: %d entries", loaded)
@@ -60,6 +61,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
                                              upstream.Upstream(http, pool, metrics), metrics)
             monitor = asyncio.create_task(load_monitor.run(
                 http, pool, lambda: ctl.snapshot.config.load_policy.scrape_interval_seconds, ctl.on_scrape))
+            follower = asyncio.create_task(feed.follow(cache.apply, cache.resync))
             reloads: set[asyncio.Task] = set()  # keep SIGHUP reload tasks referenced until done
 
             def on_sighup() -> None:
@@ -73,7 +75,8 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
                 log.info("SIGHUP reload unavailable outside the main thread; use POST /admin/reload")
             yield
             monitor.cancel()
-        await client.aclose()
+            follower.cancel()
+        await raw.aclose()
 
     app = FastAPI(title="adaptive-controller", lifespan=lifespan)
     app.include_router(admin.router)

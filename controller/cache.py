@@ -31,11 +31,12 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from controller.feed import ChangeFeed, Deleted, Event
 from policies.schema import PolicyConfig
 
 log = logging.getLogger("controller.cache")
 
-_FIELDS = ("category", "partition", "tenant", "expires", "vector", "profile")
+_FIELDS = ("category", "partition", "tenant", "expires", "vector", "profile", "query")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Entry:
     tenant: str
     expires: float
     profile: str = ""  # the compute profile the answer was made with
+    query: str = ""  # the question the answer was made for (what verifiers compare with)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class CategoryIndex:
         self.index.set_ef(64)
         self.index.set_num_threads(1)
         self.entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order: oldest first
+        self.by_key: dict[str, int] = {}  # Redis key -> label (applying the change feed)
         self._expiry: list[tuple[float, int]] = []  # min-heap of (expires, label), lazily cleaned
         self._next_label = 0
         self.quota_evictions = 0
@@ -110,14 +113,19 @@ class CategoryIndex:
         """Mark an entry as just used (LRU)."""
         self.entries.move_to_end(label)
 
-    def add(self, vector: np.ndarray, entry_for_label: Callable[[int], Entry]) -> tuple[Entry, list[Entry]]:
+    def add(self, vector: np.ndarray, entry_for_label: Callable[[int], Entry], evict: bool = True
+            ) -> tuple[Entry, list[Entry]]:
         """Insert a vector; returns the new entry and the entries dropped to make room
-        (expired ones first, then the least recently used: the quota evictions)."""
+        (expired ones first, then the least recently used: the quota evictions). With
+        `evict=False` (another replica's entry: its evictions arrive on the feed) the index
+        grows instead, so the quota is decided once, by the replica that stored."""
         expired = self.purge_expired(time.time())
         evicted = []
-        while len(self.entries) >= self.capacity:
+        while evict and len(self.entries) >= self.capacity:
             evicted.append(self.remove(next(iter(self.entries))))
         self.quota_evictions += len(evicted)
+        if len(self.entries) >= self.index.get_max_elements():
+            self.index.resize_index(len(self.entries) + max(16, len(self.entries) // 4))
         label = self._next_label  # labels are never reused, so a stale label can't alias
         self._next_label += 1
         # Deleted slots count towards hnswlib's capacity: reuse one once the index is full.
@@ -125,6 +133,7 @@ class CategoryIndex:
         self.index.add_items(vector[None, :], [label], replace_deleted=full)
         entry = entry_for_label(label)
         self.entries[label] = entry
+        self.by_key[entry.key] = label
         heapq.heappush(self._expiry, (entry.expires, label))
         if len(self._expiry) > 2 * self.capacity:  # drop heap items of evicted entries
             self._expiry = [(e.expires, lbl) for lbl, e in self.entries.items()]
@@ -134,6 +143,7 @@ class CategoryIndex:
     def remove(self, label: int) -> Entry:
         """Drop an entry from the index (the caller deletes the Redis document)."""
         entry = self.entries.pop(label)
+        self.by_key.pop(entry.key, None)
         self.index.mark_deleted(label)
         return entry
 
@@ -154,10 +164,12 @@ class CategoryIndex:
 class SemanticCache:
     """Category-aware semantic cache over Redis documents and in-memory hnswlib indexes."""
 
-    def __init__(self, client: aioredis.Redis, config: PolicyConfig, dim: int, prefix: str = "va") -> None:
+    def __init__(self, client: aioredis.Redis, config: PolicyConfig, dim: int, prefix: str = "va",
+                 feed: ChangeFeed | None = None) -> None:
         self.redis = client
         self.dim = dim
         self.prefix = prefix
+        self.feed = feed  # shared with other replicas (controller.feed); None: a lone replica
         self.indexes: dict[str, CategoryIndex] = {}
         self.configure(config)
 
@@ -216,7 +228,7 @@ class SemanticCache:
         now = time.time()
         key = f"{self.prefix}:doc:{category}:{uuid.uuid4().hex}"
         entry, evicted = index.add(
-            vector, lambda label: Entry(label, key, partition, tenant, now + ttl_seconds, meta.get("profile", ""))
+            vector, lambda label: Entry(label, key, partition, tenant, now + ttl_seconds, meta.get("profile", ""), query)
         )
         doc = {
             "category": category, "partition": partition, "tenant": tenant, "query": query,
@@ -229,6 +241,8 @@ class SemanticCache:
             pipe.expire(key, ttl_seconds)
             if evicted:
                 pipe.delete(*[e.key for e in evicted])
+            if self.feed is not None:
+                self.feed.publish_added(pipe, key, doc, [e.key for e in evicted])
             await pipe.execute()
         except RedisError as exc:
             log.warning("redis write failed, answer not cached: %s", exc)
@@ -254,14 +268,48 @@ class SemanticCache:
         return len(doomed)
 
     async def _delete(self, keys: list[str]) -> None:
+        """Delete documents (and tell the other replicas, in the same round-trip)."""
         for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
             try:
-                await self.redis.delete(*keys[start : start + 1000])
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.delete(*batch)
+                if self.feed is not None:
+                    self.feed.publish_deleted(pipe, batch)
+                await pipe.execute()
             except RedisError as exc:  # Redis TTLs still bound how long they linger
                 log.warning("redis delete failed: %s", exc)
 
+    def apply(self, event: Event) -> None:
+        """Apply another replica's change to the in-memory indexes (controller.feed)."""
+        if isinstance(event, Deleted):
+            self._forget(event.keys)
+            return
+        self._forget(event.evicted)
+        index = self.indexes.get(event.category)
+        if index is None or event.key in index.by_key or event.expires <= time.time():
+            return  # a category this replica does not serve, a duplicate, or already expired
+        index.add(np.frombuffer(event.vector, dtype=np.float32), lambda label: Entry(
+            label, event.key, event.partition, event.tenant, event.expires, event.profile, event.query), evict=False)
+
+    def _forget(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            for index in self.indexes.values():
+                label = index.by_key.get(key)
+                if label is not None:
+                    index.remove(label)
+
+    async def resync(self) -> None:
+        """Start the indexes afresh from the documents (the feed was trimmed past this replica)."""
+        self.indexes = {name: CategoryIndex(self.dim, index.capacity) for name, index in self.indexes.items()}
+        await self.rebuild()
+
     async def rebuild(self) -> int:
-        """Re-index every live document Redis holds (start-up after a restart)."""
+        """Index every live document Redis holds that is not indexed yet (start-up, resync).
+
+        The feed position is read first: changes made during the scan are replayed after it,
+        and replaying one that the scan already saw is a no-op (indexes know their keys)."""
+        position = await self.feed.position() if self.feed is not None else None
         loaded = 0
         now = time.time()
         batch: list[str] = []
@@ -272,6 +320,8 @@ class SemanticCache:
                 batch = []
         if batch:
             loaded += await self._load(batch, now)
+        if self.feed is not None and position is not None:
+            self.feed.seek(position)
         return loaded
 
     async def _load(self, keys: list[str], now: float) -> int:
@@ -282,15 +332,15 @@ class SemanticCache:
         for key, values in zip(keys, await pipe.execute()):
             if values[0] is None:
                 continue  # expired between SCAN and HMGET
-            category, partition, tenant, expires, vector, profile = (
+            category, partition, tenant, expires, vector, profile, query = (
                 v if i == 4 or v is None else v.decode() for i, v in enumerate(values)
             )
             index = self.indexes.get(category)
-            if index is None or float(expires) <= now:
-                continue  # category not configured now: left for its TTL or an invalidate
+            if index is None or float(expires) <= now or key in index.by_key:
+                continue  # not configured now (left for its TTL or an invalidate), expired, or known
             vec = np.frombuffer(vector, dtype=np.float32)
             _, evicted = index.add(
-                vec, lambda label: Entry(label, key, partition, tenant, float(expires), profile or "")
+                vec, lambda label: Entry(label, key, partition, tenant, float(expires), profile or "", query or "")
             )
             await self._delete([e.key for e in evicted])
             loaded += 1

@@ -30,7 +30,8 @@ def metric(url, name):
 def own_redis(tmp_path):
     server = EmbeddedRedis(tmp_path / "redis").start()
     yield server
-    os.kill(server._proc.pid, signal.SIGCONT)
+    if server._proc is not None:
+        os.kill(server._proc.pid, signal.SIGCONT)
     server.stop()
 
 
