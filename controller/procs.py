@@ -55,8 +55,9 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048,
-               profiles: str | None = None) -> subprocess.Popen:
-    """`vllm-adaptive serve MODEL --plugin adaptive` on 127.0.0.1:`port`, in its own process group."""
+               profiles: str | None = None, extra: list[str] | None = None) -> subprocess.Popen:
+    """`vllm-adaptive serve MODEL --plugin adaptive` on 127.0.0.1:`port`, in its own process group
+    (`extra`: more `vllm serve` arguments)."""
     cmd = [
         sys.executable, "-m", "vllm_adaptive.cli", "serve", model, "--plugin", "adaptive",
         "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
@@ -64,6 +65,7 @@ def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048,
     ]
     if profiles:
         cmd += ["--adaptive-profiles", profiles]
+    cmd += extra or []
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

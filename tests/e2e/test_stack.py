@@ -207,3 +207,27 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
     assert reply.headers["x-cache-category"] == "chat"
     delta = [b - a for a, b in zip(before, after)]
     assert delta[14] == delta[15] == 0 and all(delta[i] > 0 for i in range(30) if i not in (14, 15))
+
+
+LOOKUP_TOOL = [{"type": "function", "function": {
+    "name": "lookup", "description": "Look a fact up in the encyclopedia",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_tool_calls_are_relayed_and_never_cached(vllm_server, start_controller, flushed, stream):
+    """vLLM emits a tool call from any model with `tool_choice: "required"` (structured output)."""
+    ctl = start_controller([vllm_server])
+    kw = dict(stream=stream, tools=LOOKUP_TOOL, tool_choice="required", max_tokens=96)
+    first = ask(ctl.url, "Look up the population of Vienna", **kw)
+    assert first.status_code == 200 and first.headers["x-cache"] == "MISS", first.text
+    if stream:
+        deltas = [c for e in sse_events(first.text) for c in (e["choices"] or [{}])[0].get("delta", {}).get("tool_calls") or []]
+        assert deltas and deltas[0]["function"]["name"] == "lookup"
+        json.loads("".join(d["function"].get("arguments") or "" for d in deltas))
+    else:
+        (call,) = first.json()["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "lookup" and isinstance(json.loads(call["function"]["arguments"]), dict)
+    again = ask(ctl.url, "Look up the population of Vienna", **kw)
+    assert again.headers["x-cache"] == "MISS"
+    assert httpx.get(ctl.url + "/metrics").text.count("adaptive_cache_stores_total{") == 0
