@@ -1,8 +1,10 @@
 """Semantic cache: one in-memory hnswlib index per category, documents in Redis.
 
 * Lookup: vector search in memory, restricted to the request's exact partition and
-  to entries not yet expired. A miss costs no Redis round-trip; a hit costs one
-  (read the answer and count the hit, pipelined).
+  to entries not yet expired, in two stages: the index proposes the top-k entries at or
+  above the category's similarity threshold, a verifier (controller.verify) accepts at
+  most one, comparing the query with each candidate's stored question (kept in memory,
+  so a miss costs no Redis round-trip); a hit costs one (answer + hit count, pipelined).
 * Store: one pipelined round-trip (HSET + EXPIRE, plus DEL of anything evicted).
   Redis expires documents by itself (native TTL); the index drops them lazily.
 * Quota: at `max_entries` the least recently used entry (last hit or insertion) is
@@ -31,8 +33,9 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from controller import verify
 from controller.feed import ChangeFeed, Deleted, Event
-from policies.schema import PolicyConfig
+from policies.schema import PolicyConfig, VerifierSetting
 
 log = logging.getLogger("controller.cache")
 
@@ -93,8 +96,15 @@ class CategoryIndex:
     ) -> tuple[Entry, float] | None:
         """Nearest live entry of `partition` (made with one of `profiles`, if given), with its
         cosine similarity."""
+        found = self.candidates(vector, partition, now, profiles, 1)
+        return found[0] if found else None
+
+    def candidates(
+        self, vector: np.ndarray, partition: str, now: float, profiles: frozenset[str] | None, k: int
+    ) -> list[tuple[Entry, float]]:
+        """Up to `k` nearest live entries of `partition`, most similar first."""
         if not self.entries:
-            return None
+            return []
         entries = self.entries
 
         def allowed(label: int) -> bool:
@@ -102,12 +112,15 @@ class CategoryIndex:
             return (entry is not None and entry.partition == partition and entry.expires > now
                     and (profiles is None or entry.profile in profiles))
 
-        try:
-            labels, distances = self.index.knn_query(vector, k=1, filter=allowed)
-        except RuntimeError:  # no element passes the filter
-            return None
-        label = int(labels[0][0])
-        return entries[label], 1.0 - float(distances[0][0])
+        while k >= 1:
+            try:
+                labels, distances = self.index.knn_query(vector, k=k, filter=allowed)
+                break
+            except RuntimeError:  # fewer than k elements pass the filter
+                k //= 2
+        else:
+            return []
+        return [(entries[int(lbl)], 1.0 - float(d)) for lbl, d in zip(labels[0], distances[0])]
 
     def touch(self, label: int) -> None:
         """Mark an entry as just used (LRU)."""
@@ -171,6 +184,7 @@ class SemanticCache:
         self.prefix = prefix
         self.feed = feed  # shared with other replicas (controller.feed); None: a lone replica
         self.indexes: dict[str, CategoryIndex] = {}
+        self.rejections: dict[str, int] = {}  # lookups whose candidates the verifier all refused
         self.configure(config)
 
     def configure(self, config: PolicyConfig) -> list[Entry]:
@@ -193,17 +207,28 @@ class SemanticCache:
 
     async def lookup(
         self, category: str, partition: str, vector: np.ndarray, threshold: float,
-        profiles: frozenset[str] | None = None,
+        profiles: frozenset[str] | None = None, query: str = "", verifier: VerifierSetting | None = None,
     ) -> Hit | None:
         """The cached answer for a query, or None (no Redis round-trip unless a candidate passes).
-        `profiles`: only answers made with one of these compute profiles qualify."""
+        `profiles`: only answers made with one of these compute profiles qualify. `verifier`:
+        of the `top_k` candidates at or above `threshold`, the one it accepts for `query`
+        (None or "threshold": the nearest, as a plain similarity cache)."""
         index = self.indexes.get(category)
         if index is None:
             return None
-        found = index.search(vector, partition, time.time(), profiles)
-        if found is None or found[1] < threshold:
+        plain = verifier is None or verifier.name == "threshold"
+        found = [c for c in index.candidates(vector, partition, time.time(), profiles, 1 if plain else verifier.top_k)
+                 if c[1] >= threshold]
+        if not found:
             return None
-        entry, similarity = found
+        if not plain:
+            chosen = verify.choose(verify.load(verifier.name), verifier.min_score, query,
+                                   [(e.query, sim) for e, sim in found])
+            if chosen is None:
+                self.rejections[category] = self.rejections.get(category, 0) + 1
+                return None
+            found = found[chosen:]
+        entry, similarity = found[0]
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hget(entry.key, "response")

@@ -3,6 +3,8 @@
     adaptive-controller check configs/policies.yaml
     adaptive-controller serve --config configs/policies.yaml --backend http://127.0.0.1:8100
     adaptive-controller up          # vLLM (CPU, SmolLM2, plugin) + controller + Redis
+    adaptive-controller calibrate-cache --pairs pairs.jsonl.gz   # per-category error bounds
+    adaptive-controller train-verifier                           # the learned cache verifier
 """
 
 from __future__ import annotations
@@ -71,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a policy YAML file and print it")
     check.add_argument("config", help="policy YAML file")
 
+    # Lazy: these modules import numpy and yaml only (the commands import the rest when run).
+    from controller import calibrate_cache
+    from controller.verify import __main__ as verify_main
+
+    calibrate_cache.add_options(sub.add_parser(
+        "calibrate-cache", help="per-category cache operating points (threshold + verifier) from labelled pairs",
+        description=calibrate_cache.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ))
+    verify_main.add_options(sub.add_parser(
+        "train-verifier", help="fit the learned cache verifier on the hard-negative training split",
+        description=verify_main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ))
+
     serve = sub.add_parser(
         "serve", help="run the OpenAI-compatible caching proxy",
         description="OpenAI-compatible proxy (/v1/chat/completions, /v1/completions, /v1/models) "
@@ -100,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return _check(args)
+    if args.command == "calibrate-cache":
+        from controller import calibrate_cache
+
+        return calibrate_cache.run(args)
+    if args.command == "train-verifier":
+        from controller.verify import __main__ as verify_main
+
+        return verify_main.run(args)
     if args.command == "serve":
         from controller.serve import run_controller
 

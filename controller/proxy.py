@@ -45,7 +45,7 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
         ctl.metrics.lookups.labels(category).inc()
         t0 = time.perf_counter()
         hit = await ctl.cache.lookup(category, plan.key.partition, plan.vector, plan.decision.threshold,
-                                     plan.accept_profiles)
+                                     plan.accept_profiles, plan.key.query, snap.policy(category).verifier)
         ctl.metrics.lookup_seconds.labels(category, "hit" if hit else "miss").observe(time.perf_counter() - t0)
         if hit is not None:
             ctl.metrics.hits.labels(category).inc()

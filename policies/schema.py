@@ -6,7 +6,7 @@ never a path to open.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,10 +42,43 @@ class LoadResponse(_Strict):
     )
 
 
+class MeasuredPoint(_Strict):
+    """What an operating point measured on labelled pairs (written by `calibrate-cache`)."""
+
+    precision: float = Field(ge=0.0, le=1.0)
+    recall: float = Field(ge=0.0, le=1.0, description="share of labelled repeats/paraphrases served")
+    false_hit_rate: float = Field(ge=0.0, le=1.0, description="share of labelled different questions served")
+    false_hit_upper: float = Field(ge=0.0, le=1.0, description="95 % upper confidence limit of false_hit_rate")
+    positives: int = Field(ge=0)
+    negatives: int = Field(ge=0)
+    pairs: str = Field(default="", description="the labelled pairs file it was measured on")
+
+
+class VerifierSetting(_Strict):
+    """Second stage of a lookup: of the `top_k` candidates at or above `similarity_threshold`,
+    the verifier accepts at most one (the one scoring highest, if >= `min_score`)."""
+
+    name: Literal["threshold", "guards", "learned", "guarded_learned"] = Field(
+        default="threshold", description="threshold: cosine alone; guards: numbers, dates, units, negation, "
+        "names, comparison and scope words must agree; learned: logistic score; guarded_learned: both",
+    )
+    min_score: float = Field(default=1.0, ge=0.0, le=1.0, description="verifier score needed to accept")
+    top_k: int = Field(default=4, ge=1, le=64, description="candidates the index proposes")
+    measured: MeasuredPoint | None = None
+
+
 class CategoryPolicy(_Strict):
     """How the cache treats one category."""
 
-    similarity_threshold: float = Field(ge=0.0, le=1.0, description="cosine similarity for a hit")
+    similarity_threshold: float = Field(
+        ge=0.0, le=1.0, description="cosine similarity for a candidate (the verifier then decides)"
+    )
+    max_false_hit_rate: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="error bound: share of different questions that may get a cached answer; "
+        "`calibrate-cache` sets similarity_threshold and verifier to meet it",
+    )
+    verifier: VerifierSetting = Field(default_factory=VerifierSetting)
     ttl_seconds: int = Field(gt=0, description="lifetime of an entry (Redis native TTL)")
     max_entries: int = Field(gt=0, description="quota: entries kept before eviction")
     cacheable: bool = True
@@ -62,6 +95,12 @@ class CategoryPolicy(_Strict):
             raise ValueError(f"load.threshold_floor {floor} is above similarity_threshold {self.similarity_threshold}")
         if self.load.ttl_max_seconds is not None and self.load.ttl_max_seconds < self.ttl_seconds:
             raise ValueError("load.ttl_max_seconds is below ttl_seconds")
+        measured, bound = self.verifier.measured, self.max_false_hit_rate
+        if measured is not None and bound is not None and measured.false_hit_upper > bound:
+            raise ValueError(
+                f"verifier.measured.false_hit_upper {measured.false_hit_upper} exceeds max_false_hit_rate "
+                f"{bound}: re-run `adaptive-controller calibrate-cache`"
+            )
         return self
 
 

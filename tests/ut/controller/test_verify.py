@@ -1,0 +1,103 @@
+"""Verifiers: each structural guard, the learned scorer's shipped weights, calibration maths."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from bench import hard_negatives as hn
+from controller import verify
+from controller.verify import calibrate
+from controller.verify.features import GUARDS, mismatches
+
+# (guard, stored question, a question that differs only there, the same question re-typed)
+CASES = [
+    ("negation", "Is it safe to take ibuprofen with alcohol?", "Is it safe to take ibuprofen without alcohol?",
+     "is it safe to take ibuprofen with alcohol"),
+    ("negation", "Does the iPhone 12 support wireless charging?", "Doesn't the iPhone 12 support wireless charging?",
+     "Does the iPhone 12 support wireless charging? Thanks!"),
+    ("number", "How many calories are in 3 eggs?", "How many calories are in 4 eggs?",
+     "How many calories are in three eggs?"),
+    ("date", "Which flights leave London on May 3?", "Which flights leave London on June 3?",
+     "which flights leave london on may 3"),
+    ("date", "Who won the World Cup in 2014?", "Who won the World Cup in 2018?", "Who won the World Cup in 2014"),
+    ("unit", "How long does it take to run 10 km?", "How long does it take to run 10 miles?",
+     "How long does it take to run 10km?"),
+    ("name", "What is the capital of Austria?", "What is the capital of Australia?", "what is the capital of austria?"),
+    ("comparison", "Which planet is bigger than Earth?", "Which planet is smaller than Earth?",
+     "Which planet is larger than Earth?"),
+    ("scope", "Do all birds fly south in winter?", "Do some birds fly south in winter?",
+     "Do all birds fly south in winter"),
+]
+
+
+@pytest.mark.parametrize("guard,stored,negative,positive", CASES)
+def test_each_guard_rejects_its_edit_and_keeps_the_repeat(guard, stored, negative, positive):
+    assert guard in GUARDS
+    assert guard in mismatches(negative, stored)
+    assert mismatches(positive, stored) == []
+
+
+@pytest.mark.parametrize("name", list(verify.VERIFIERS))
+def test_verifiers_score_in_unit_interval_and_guarded_ones_reject(name):
+    v = verify.load(name)
+    for _, stored, negative, positive in CASES:
+        s_neg, s_pos = v.score(negative, stored, 0.95), v.score(positive, stored, 0.95)
+        assert 0.0 <= s_neg <= 1.0 and 0.0 <= s_pos <= 1.0
+        if name in ("guards", "guarded_learned"):
+            assert s_neg == 0.0 and s_pos > 0.0
+        if name == "learned":
+            assert s_pos > s_neg
+
+
+def test_choose_takes_the_best_accepted_candidate():
+    v = verify.load("guards")
+    stored = "What is the capital of Austria?"
+    cands = [("What is the capital of Australia?", 0.97), (stored, 0.93), ("What is the capital of Austria", 0.90)]
+    assert verify.choose(v, 1.0, stored, cands) == 1  # the guard-failing closer one loses
+    assert verify.choose(v, 1.0, "What is the capital of Chile?", cands) is None
+    with pytest.raises(ValueError, match="unknown verifier"):
+        verify.load("bogus")
+
+
+def test_guards_on_generated_edits_of_real_prompts():
+    """The generator's edits of real QQP questions trip a guard (most of the time: a generated
+    edit the guards miss is a false hit the benchmark counts)."""
+    rng = random.Random(0)
+    questions = [p["a"] for p in hn.data.qqp_pairs(limit=400, seed=1)]
+    caught = total = 0
+    for q in questions:
+        for edit in (hn.negate, hn.change_number, hn.change_date, hn.change_comparison, hn.change_scope):
+            out = edit(q, rng)
+            if out and out != q:
+                total += 1
+                caught += bool(mismatches(out, q))
+    assert total > 100 and caught / total > 0.9
+
+
+def test_upper_bound_matches_closed_forms():
+    # 0 events in n: the one-sided limit is 1 - alpha^(1/n)
+    for n in (10, 299, 1000):
+        assert calibrate.upper_bound(0, n) == pytest.approx(1 - 0.05 ** (1 / n), rel=1e-6)
+    assert calibrate.upper_bound(5, 100) == pytest.approx(0.1023, abs=1e-3)  # tabulated exact limit
+    assert calibrate.negatives_needed(0.01) == 299
+    assert calibrate.allowed_false_hits(299, 0.01) == 0
+    assert calibrate.allowed_false_hits(298, 0.01) == -1
+
+
+def test_calibrate_meets_the_bound_or_refuses():
+    rng = np.random.default_rng(0)
+    labels = np.array([True] * 500 + [False] * 2000)
+    sims = np.where(labels, rng.uniform(0.8, 1.0, labels.size), rng.uniform(0.5, 0.95, labels.size))
+    guard = np.where(labels, 1.0, (rng.random(labels.size) < 0.1).astype(float))  # guards catch 90 %
+    point = calibrate.calibrate(sims, labels, {"threshold": np.ones(labels.size), "guards": guard}, 0.01)
+    accept = (sims >= point.threshold) & ({"threshold": np.ones(labels.size), "guards": guard}[point.verifier] >= point.min_score)
+    assert point.false_hit_upper <= 0.01 and (accept & ~labels).sum() / 2000 == pytest.approx(point.false_hit_rate)
+    alone = calibrate.calibrate(sims, labels, {"threshold": np.ones(labels.size)}, 0.01)
+    assert point.verifier == "guards" and point.recall > alone.recall and alone.false_hit_upper <= 0.01
+    with pytest.raises(calibrate.Refusal, match="needs >= 299"):
+        calibrate.calibrate(sims[:600], labels[:600], {"threshold": np.ones(600)}, 0.01)
+    assert math.isclose(point.recall, (accept & labels).sum() / 500)
