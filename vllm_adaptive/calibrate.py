@@ -72,8 +72,8 @@ class SkippableModel:
         """Next-token logits with `skip` left out and layer i attending to its last windows[i] tokens."""
         skip = set(skip)
         self.model.model.layers = nn.ModuleList([l for i, l in enumerate(self.layers) if i not in skip])
-        handles = [self.layers[i].register_forward_pre_hook(_window_hook(len(ids), w), with_kwargs=True)
-                   for i, w in (windows or {}).items() if w and w < len(ids) and i not in skip]
+        handles = [self.layers[i].register_forward_pre_hook(_window_hook(w), with_kwargs=True)
+                   for i, w in (windows or {}).items() if w < len(ids) and i not in skip]
         try:
             with torch.inference_mode():
                 return self.model(ids[None], use_cache=False).logits[0].float()
@@ -92,12 +92,45 @@ class SkippableModel:
         return total / count
 
 
-def _window_hook(length: int, window: int):
-    """Pre-hook giving one decoder layer a sliding-window causal mask (query i sees i-window+1..i)."""
-    pos = torch.arange(length)
-    mask = ((pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < window))[None, None]
+    def greedy(self, ids: torch.Tensor, new_tokens: int, variant: Variant, stop: int | None) -> list[int]:
+        """Greedy continuation of `ids` (KV-cached) under `variant`: a skipped layer passes its input
+        through (same result as leaving it out, and every layer keeps a cache slot)."""
+        from transformers import DynamicCache
 
+        windows = dict(variant.windows)
+        handles = [self.layers[i].register_forward_hook(_identity_hook) for i in variant.skip]
+        handles += [self.layers[i].register_forward_pre_hook(_window_hook(w), with_kwargs=True)
+                    for i, w in windows.items() if i not in variant.skip]
+        out: list[int] = []
+        try:
+            with torch.inference_mode():
+                cache = DynamicCache(config=self.model.config)
+                step = ids[None]
+                for _ in range(new_tokens):
+                    logits = self.model(step, past_key_values=cache, use_cache=True).logits
+                    token = int(logits[0, -1].argmax())
+                    out.append(token)
+                    if token == stop:
+                        break
+                    step = torch.tensor([[token]])
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+
+def _identity_hook(module, args, output):
+    """Forward hook: the layer's output is its input (the layer is skipped)."""
+    return args[0]
+
+
+def _window_hook(window: int):
+    """Pre-hook giving one decoder layer a sliding-window causal mask (query at position p sees
+    positions p-window+1..p), for a whole sequence or a KV-cached step alike."""
     def hook(module, args, kwargs):
+        q = kwargs["position_ids"][0]
+        k = torch.arange(int(q[-1]) + 1, device=q.device)
+        mask = ((k[None, :] <= q[:, None]) & (q[:, None] - k[None, :] < window))[None, None]
         return args, {**kwargs, "attention_mask": mask}
     return hook
 
@@ -149,21 +182,32 @@ class Variant:
     skip: frozenset[int] = frozenset()
     windows: tuple[tuple[int, int], ...] = ()
 
+    @classmethod
+    def of(cls, profile: profiles.Profile) -> Variant:
+        """The computation a profile's file entry describes (its skip set and token windows)."""
+        return cls(profile.skip, tuple((i, b) for i, b in enumerate(profile.kv) if isinstance(b, int)))
 
-def evaluate(m: SkippableModel, data: list[torch.Tensor], variants: dict[str, Variant]) -> dict[str, Quality]:
-    """Held-back quality of each variant against the full model (same tokens)."""
+    def changes(self, length: int) -> bool:
+        """Whether a sequence of `length` tokens computes differently from the full model."""
+        return bool(self.skip) or any(w < length for _, w in self.windows)
+
+
+def evaluate(m: SkippableModel, data: list[torch.Tensor], variants: dict[str, Variant],
+             first: list[int] | None = None, desc: str = "held-back evaluation") -> dict[str, Quality]:
+    """Held-back quality of each variant against the full model (same tokens); with `first`, only
+    the tokens from position first[i] of sequence i on are scored (an answer after its prompt)."""
     acc = {n: {"nll": 0.0, "agree": 0, "kl": 0.0} for n in variants}
     tokens = 0
-    for ids in tqdm(data, desc="held-back evaluation"):
-        full = torch.log_softmax(m.logits(ids)[:-1], -1)
-        target = ids[1:, None]
+    for i, ids in enumerate(tqdm(data, desc=desc)):
+        start = first[i] - 1 if first else 0  # logits at position t predict token t + 1
+        full = torch.log_softmax(m.logits(ids)[start:-1], -1)
+        target = ids[start + 1 :, None]
         for name, v in variants.items():
-            changed = v.skip or any(w < len(ids) for _, w in v.windows)
-            logp = torch.log_softmax(m.logits(ids, v.skip, dict(v.windows))[:-1], -1) if changed else full
+            logp = torch.log_softmax(m.logits(ids, v.skip, dict(v.windows))[start:-1], -1) if v.changes(len(ids)) else full
             acc[name]["nll"] += -logp.gather(1, target).sum().item()
             acc[name]["agree"] += (logp.argmax(-1) == full.argmax(-1)).sum().item()
             acc[name]["kl"] += (full.exp() * (full - logp)).sum().item()
-        tokens += len(ids) - 1
+        tokens += len(target)
     base = math.exp(acc[profiles.FULL]["nll"] / tokens)
     return {
         n: Quality(
@@ -216,9 +260,10 @@ def kv_allocations(num_layers: int, sensitivity: list[float], s: KVSettings, tie
 def calibrate(
     model_dir: Path, data: str, eval_data: str, budgets: list[int], strategies: list[str],
     calib_chunks: int = 8, eval_chunks: int = 16, max_ppl_increase: float | None = None,
-    kv_settings: KVSettings | None = None,
+    kv_settings: KVSettings | None = None, category_settings: CategorySettings | None = None,
 ) -> tuple[profiles.ProfileSet, list[str]]:
-    """Build the profile set; returns it and the refusal messages of the quality guard."""
+    """Build the profile set (measured per category too with `category_settings`); returns it and
+    the refusal messages of the quality guard."""
     from transformers import AutoTokenizer
 
     m = SkippableModel(model_dir)
@@ -250,8 +295,7 @@ def calibrate(
         allocations = kv_allocations(m.num_layers, sensitivity, s, tier)
         long_held = chunks(tok, read_text(eval_data), s.eval_chunks, s.reference_tokens)
         variants = {profiles.FULL: Variant()} | {
-            n: Variant(windows=tuple((i, b) for i, b in enumerate(bs) if isinstance(b, int)))
-            for n, (_, _, bs) in allocations.items()
+            n: Variant.of(profiles.Profile(n, kv=tuple(bs))) for n, (_, _, bs) in allocations.items()
         }
         kv_quality = evaluate(m, long_held, variants)
         for name, (sname, f, bs) in allocations.items():
@@ -284,4 +328,85 @@ def calibrate(
     }
     if kv_doc:
         sections["kv_calibration"] = kv_doc
-    return profiles.ProfileSet.of(model, kept, sections=sections), refused
+    table = profiles.ProfileSet.of(model, kept, sections=sections)
+    return (with_categories(m, tok, table, category_settings) if category_settings else table), refused
+
+
+@dataclass
+class CategorySettings:
+    """What `calibrate --category-data` measures on each category's own prompts and answers."""
+
+    sources: dict[str, str]  # category -> source (vllm_adaptive.category_data)
+    examples: int = 32  # prompt/answer pairs scored teacher-forced (ΔPPL, top-1 on the answer tokens)
+    greedy_prompts: int = 8  # of those, prompts answered greedily by every profile and by `full`
+    new_tokens: int = 32  # length of a greedy answer
+    prompt_tokens: int = 192  # longer prompts keep their first tokens
+    answer_tokens: int = 64  # longer reference answers keep their first tokens
+    seed: int = 0
+
+
+def encode_example(tok, example, s: CategorySettings) -> tuple[torch.Tensor, int]:
+    """Token ids of prompt (through the chat template for a chat turn) + reference answer, and the
+    index of the first answer token."""
+    prompt_ids = tok(example.prompt, add_special_tokens=False).input_ids[: s.prompt_tokens]
+    if example.chat:
+        text = tok.decode(prompt_ids)
+        prompt_ids = tok(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=False), add_special_tokens=False).input_ids
+    answer_ids = tok(example.answer, add_special_tokens=False).input_ids[: s.answer_tokens]
+    return torch.tensor(prompt_ids + answer_ids), len(prompt_ids)
+
+
+def answer_agreement(m: SkippableModel, prompts: list[torch.Tensor], variants: dict[str, Variant],
+                     new_tokens: int, stop: int | None, desc: str) -> dict[str, dict[str, float]]:
+    """Greedy answers of each variant against `full`'s: exact-match rate and mean similarity
+    (difflib ratio of the token sequences: 1 = same tokens in the same order)."""
+    from difflib import SequenceMatcher
+
+    out = {n: {"answer_exact_match": 0.0, "answer_similarity": 0.0} for n in variants}
+    for ids in tqdm(prompts, desc=desc):
+        reference = m.greedy(ids, new_tokens, Variant(), stop)
+        for name, v in variants.items():
+            answer = m.greedy(ids, new_tokens, v, stop) if v.changes(len(ids) + new_tokens) else reference
+            out[name]["answer_exact_match"] += (answer == reference) / len(prompts)
+            out[name]["answer_similarity"] += SequenceMatcher(None, answer, reference).ratio() / len(prompts)
+    return out
+
+
+def measure_categories(m: SkippableModel, tok, variants: dict[str, Variant],
+                       s: CategorySettings) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
+    """profile -> category -> figures, and the record of what each category was measured on."""
+    from vllm_adaptive import category_data
+
+    measured: dict[str, dict[str, dict[str, float]]] = {n: {} for n in variants}
+    record: dict[str, Any] = {}
+    for category, source in s.sources.items():
+        examples = category_data.load_examples(source, s.examples, s.seed)
+        encoded = [encode_example(tok, e, s) for e in examples]
+        data, first = [ids for ids, _ in encoded], [start for _, start in encoded]
+        quality = evaluate(m, data, variants, first, desc=f"{category}: answers")
+        prompts = [ids[:start] for ids, start in encoded[: s.greedy_prompts]]
+        agreement = answer_agreement(m, prompts, variants, s.new_tokens, tok.eos_token_id, f"{category}: greedy")
+        for name in variants:
+            measured[name][category] = vars(quality[name]) | agreement[name]
+        record[category] = {
+            "source": source, "examples": len(examples), "answer_tokens": sum(len(d) - f for d, f in zip(data, first)),
+            "mean_prompt_tokens": round(sum(first) / len(first), 1), "greedy_prompts": len(prompts),
+            "new_tokens": s.new_tokens, "chat_template": examples[0].chat,
+        }
+    settings = {k: v for k, v in vars(s).items() if k != "sources"}
+    return measured, {"categories": record, **settings}
+
+
+def with_categories(m: SkippableModel, tok, table: profiles.ProfileSet, s: CategorySettings) -> profiles.ProfileSet:
+    """`table` with every profile measured on every category of `s` (recorded in the file)."""
+    measured, record = measure_categories(m, tok, {n: Variant.of(p) for n, p in table.profiles.items()}, s)
+    return replace(table, profiles={n: replace(p, categories=measured[n]) for n, p in table.profiles.items()},
+                   sections=table.sections | {"category_calibration": record})
+
+
+def calibrate_categories(model_dir: Path, table: profiles.ProfileSet, s: CategorySettings) -> profiles.ProfileSet:
+    """Measure an existing profile file's profiles on each category (`calibrate --profiles FILE`)."""
+    from transformers import AutoTokenizer
+
+    return with_categories(SkippableModel(model_dir), AutoTokenizer.from_pretrained(model_dir), table, s)

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from vllm_adaptive import PLUGIN_NAME, envs, install_fixes, model_store, profiles
@@ -25,7 +26,7 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 SERVE_EPILOG = """\
 Every argument other than --plugin is passed unchanged to `vllm serve`, e.g.
   vllm-adaptive serve ~/.cache/vllm-adaptive/models/SmolLM2-135M-Instruct \\
-      --plugin adaptive --port 8100 --enforce-eager --max-model-len 2048
+      --plugin adaptive --port 8100 --max-model-len 2048
 
 What the launcher adds to a plain `vllm serve`:
   * VLLM_PLUGINS lists the plugins named by --plugin (always including 'adaptive'),
@@ -107,8 +108,8 @@ def _serve(args: argparse.Namespace, passthrough: list[str]) -> int:
     if args.adaptive_profiles:
         options["profiles"] = str(Path(args.adaptive_profiles).resolve())
         if "--enforce-eager" not in passthrough:
-            passthrough = [*passthrough, "--enforce-eager"]  # per-request profiles need eager (see config.py)
-            print("vllm-adaptive: skip profiles given: adding --enforce-eager", flush=True)
+            print("vllm-adaptive: compiled engine (vLLM's default): serves the default profile only, its "
+                  "skipped layers left out of the model; add --enforce-eager for per-request profiles", flush=True)
     if args.adaptive_default_profile:
         options["default_profile"] = args.adaptive_default_profile
     passthrough = with_adaptive_config(passthrough, options)
@@ -143,10 +144,45 @@ def _model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _category_settings(args: argparse.Namespace):
+    """The per-category measurement asked for on the command line (None without --category-data)."""
+    from vllm_adaptive import calibrate, category_data
+
+    if not args.category_data:
+        return None
+    try:
+        sources = category_data.parse_spec(args.category_data)
+    except category_data.CategoryDataError as exc:
+        sys.exit(f"vllm-adaptive calibrate: {exc}")
+    return calibrate.CategorySettings(sources, args.category_examples, args.category_greedy_prompts,
+                                      args.category_new_tokens)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from vllm_adaptive import calibrate
 
-    model_store.require(args.model)
+    folder = model_store.require(args.model)
+    categories = _category_settings(args)
+    if args.profiles:  # measure an existing file per category; build nothing new
+        if categories is None:
+            sys.exit("vllm-adaptive calibrate: --profiles needs --category-data (it measures the file's profiles "
+                     "on each category)")
+        try:
+            table = profiles.ProfileSet.load(args.profiles, profiles.ModelSpec.from_folder(folder))
+        except profiles.ProfileError as exc:
+            sys.exit(f"vllm-adaptive calibrate: {exc}")
+        if args.only:
+            names = {profiles.FULL, *args.only.split(",")}
+            if names - set(table.profiles):
+                sys.exit(f"vllm-adaptive calibrate: --only names {sorted(names - set(table.profiles))}, not in {args.profiles}")
+            table = replace(table, profiles={n: p for n, p in table.profiles.items() if n in names})
+        table = calibrate.calibrate_categories(Path(args.model), table, categories)
+        table.dump(args.out)
+        _print_profiles(table)
+        _print_categories(table)
+        print(f"wrote {args.out}: {len(table.profiles)} profiles of {args.profiles}, measured on "
+              f"{len(categories.sources)} categories")
+        return 0
     budgets = [int(b) for b in args.budgets.split(",") if b]
     kv_settings = calibrate.KVSettings(
         fractions=tuple(float(f) for f in args.kv_fractions.split(",") if f),
@@ -156,12 +192,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     table, refused = calibrate.calibrate(
         Path(args.model), args.data, args.eval_data, budgets, [s for s in args.strategies.split(",") if s],
-        args.calib_chunks, args.eval_chunks, args.max_ppl_increase, kv_settings,
+        args.calib_chunks, args.eval_chunks, args.max_ppl_increase, kv_settings, categories,
     )
     table.dump(args.out)
     for line in refused:
         print(f"quality guard: {line}", file=sys.stderr)
     _print_profiles(table)
+    _print_categories(table)
     if "kv_calibration" in table.sections:
         kv = table.sections["kv_calibration"]
         print(f"KV profiles: measured on {kv['eval_chunks']} held-back chunks of {kv['reference_tokens']} tokens "
@@ -180,6 +217,20 @@ def _print_profiles(table: profiles.ProfileSet) -> None:
               f"{q.get('kl', float('nan')):>7.3f}")
 
 
+def _print_categories(table: profiles.ProfileSet) -> None:
+    """The category x profile table (answer ΔPPL, top-1 agreement, greedy-answer agreement)."""
+    record = (table.sections.get("category_calibration") or {}).get("categories", {})
+    for category, info in record.items():
+        print(f"\ncategory {category}: {info['source']}, {info['examples']} examples ({info['answer_tokens']} answer "
+              f"tokens), greedy answers of {info['new_tokens']} tokens on {info['greedy_prompts']} prompts")
+        print(f"{'profile':<20} {'dPPL%':>8} {'top1':>6} {'exact':>6} {'sim':>6}")
+        for name, p in table.profiles.items():
+            q = p.categories.get(category)
+            if q:
+                print(f"{name:<20} {q['delta_ppl_pct']:>8.1f} {q['top1_agreement']:>6.3f} "
+                      f"{q['answer_exact_match']:>6.2f} {q['answer_similarity']:>6.2f}")
+
+
 def _inspect(args: argparse.Namespace) -> int:
     served = profiles.ModelSpec.from_folder(model_store.require(args.model)) if args.model else None
     try:
@@ -190,6 +241,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"{args.profiles}: valid for {args.model}")
     print(f"model: {table.model.to_json()}  default: {table.default}")
     _print_profiles(table)
+    _print_categories(table)
     for line in (table.sections.get("calibration") or {}).get("refused", []):
         print(f"refused at calibration: {line}")
     return 0
@@ -249,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vLLM KV block size; windows are rounded to whole blocks (CPU backend: 128)")
     cal.add_argument("--kv-calib-chunks", type=int, default=2, help="long chunks of calibration text for KV")
     cal.add_argument("--kv-eval-chunks", type=int, default=4, help="long chunks of held-back text for KV")
+    cal.add_argument("--category-data", default="", metavar="NAME=SOURCE,...",
+                     help="also measure every profile on each traffic category's own prompts and answers; SOURCE: "
+                     "humaneval, sharegpt-chat, sharegpt-factual, pydoc or a .jsonl file of {\"prompt\", \"answer\"} "
+                     "(e.g. code=humaneval,chat=sharegpt-chat,factual=sharegpt-factual,prose=pydoc)")
+    cal.add_argument("--category-examples", type=int, default=32, help="prompt/answer pairs per category")
+    cal.add_argument("--category-greedy-prompts", type=int, default=8,
+                     help="prompts per category answered greedily by every profile and by full")
+    cal.add_argument("--category-new-tokens", type=int, default=32, help="length of those greedy answers")
+    cal.add_argument("--profiles", default=None, metavar="FILE",
+                     help="measure this profile file's profiles per category (with --category-data) instead of "
+                     "building new ones; its other records are kept")
+    cal.add_argument("--only", default="", metavar="NAMES",
+                     help="with --profiles: keep and measure only these profiles (and full)")
     cal.add_argument("--out", required=True, help="profile file to write")
 
     ins = sub.add_parser("inspect", help="print a profile file (and check it against a model)")

@@ -77,6 +77,9 @@ class Profile:
     kv: tuple[Budget, ...] = ()
     #: KV a long sequence holds relative to full KV (written by calibrate for KV allocations).
     kv_fraction: float | None = None
+    #: Quality measured on each traffic category's own prompts and answers (`calibrate
+    #: --category-data`): category -> figure -> value, beside the global `quality`.
+    categories: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def kv_budgets(self, num_layers: int) -> tuple[Budget, ...]:
         """Budget of every layer, skipped layers none, unnamed ones full."""
@@ -90,7 +93,8 @@ class Profile:
             out["kv"] = [budget_json(b) for b in self.kv]
         if self.kv_fraction is not None:
             out["kv_fraction"] = self.kv_fraction
-        return out | {"quality": self.quality}
+        out["quality"] = self.quality
+        return out | ({"categories": self.categories} if self.categories else {})
 
 
 @dataclass(frozen=True)
@@ -256,8 +260,11 @@ def _parse(doc: Any, source: str, served: ModelSpec | None) -> ProfileSet:
                 kv = parse_kv(entry["kv"], num_layers, frozenset(skip), f"profiles.{name}.kv")
             except ProfileError as exc:
                 raise fail(str(exc)) from None
+        categories = entry.get("categories", {})
+        if not isinstance(categories, dict) or not all(isinstance(v, dict) for v in categories.values()):
+            raise fail(f"profiles.{name}.categories must be an object {{category: {{figure: value}}}}")
         profiles[name] = Profile(name, frozenset(skip), entry.get("strategy", "manual"), entry.get("quality", {}),
-                                 kv, entry.get("kv_fraction"))
+                                 kv, entry.get("kv_fraction"), categories)
     default = doc.get("default", FULL)
     if default not in profiles:
         raise fail(f"default profile {default!r} is not one of {sorted(profiles)}")
