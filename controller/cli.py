@@ -35,8 +35,44 @@ def _check(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
+    from controller import compute_profiles
+
+    override = Path(args.profiles) if args.profiles else None
+    try:
+        compute_profiles.check(config, Path(args.config), override)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(f"{args.config}: OK ({len(config.categories)} categories, default {config.default_category!r})")
+    path = compute_profiles.profile_file(config, Path(args.config), override)
+    bounded = [c.name for c in config.categories if c.policy.max_quality_loss]
+    if bounded:
+        print(f"max_quality_loss of {', '.join(bounded)}: met by every profile they run ({path or 'all full'})")
     print(json.dumps(config.model_dump(), indent=2))
+    return 0
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    from controller import compute_profiles
+    from controller.snapshot import load_policies
+    from policies.schema import PolicyError, QualityBound
+    from vllm_adaptive.profiles import ProfileError
+
+    try:
+        config = load_policies(Path(args.config))
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    path = compute_profiles.profile_file(config, Path(args.config), Path(args.profiles) if args.profiles else None)
+    if path is None:
+        print(f"{args.config}: names no compute_profiles file; give --profiles FILE", file=sys.stderr)
+        return 1
+    limits = {k: getattr(args, k) for k in QualityBound.model_fields if getattr(args, k) is not None}
+    try:
+        print(compute_profiles.suggestions(config, path, QualityBound(**limits) if limits else None))
+    except ProfileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -72,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a policy YAML file and print it")
     check.add_argument("config", help="policy YAML file")
+    check.add_argument("--profiles", default=None, metavar="FILE",
+                       help="profile file to check max_quality_loss against (default: the policy's compute_profiles)")
+    suggest = sub.add_parser(
+        "suggest-profiles", help="propose per category the fastest compute profile within its max_quality_loss",
+        description="Read the per-category figures of a profile file (`vllm-adaptive calibrate --category-data`) "
+        "and list, per category, the profiles that meet its max_quality_loss (or the bound given here, for "
+        "categories that state none), fastest first.")
+    suggest.add_argument("config", help="policy YAML file")
+    suggest.add_argument("--profiles", default=None, metavar="FILE", help="default: the policy's compute_profiles")
+    suggest.add_argument("--delta-ppl-pct", type=float, default=None, help="bound for categories that state none")
+    suggest.add_argument("--min-top1-agreement", type=float, default=None)
+    suggest.add_argument("--min-answer-agreement", type=float, default=None)
+    suggest.add_argument("--min-answer-similarity", type=float, default=None)
 
     # Lazy: these modules import numpy and yaml only (the commands import the rest when run).
     from controller import calibrate_cache
@@ -115,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return _check(args)
+    if args.command == "suggest-profiles":
+        return _suggest(args)
     if args.command == "calibrate-cache":
         from controller import calibrate_cache
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller import compute_profiles
 from controller.classifier import Classifier, ClassifierError
 from controller.embeddings import Encoder
 from policies.load import Decision, decide
@@ -49,8 +50,10 @@ class PolicySnapshot:
 
 
 def build_snapshot(path: Path, encoder: Encoder) -> PolicySnapshot:
-    """Load, validate and derive; raises PolicyError and builds nothing on an invalid file."""
+    """Load, validate and derive; raises PolicyError and builds nothing on an invalid file (or one
+    whose categories would run a compute profile beyond their max_quality_loss)."""
     config = load_policies(path)
+    compute_profiles.check(config, path)
     try:  # the classifier's weights are re-read on every load: a reload picks up new ones
         classifier = Classifier(config, encoder, path.parent)
     except ClassifierError as exc:

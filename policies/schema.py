@@ -67,6 +67,26 @@ class VerifierSetting(_Strict):
     measured: MeasuredPoint | None = None
 
 
+class QualityBound(_Strict):
+    """Most quality a category's compute profiles may give up, as measured on the category's own
+    prompts and answers (`vllm-adaptive calibrate --category-data`); `full` is the reference."""
+
+    delta_ppl_pct: float | None = Field(
+        default=None, ge=0.0, description="largest perplexity increase (%) on the category's reference answers")
+    min_top1_agreement: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="smallest share of answer tokens whose top-1 prediction is full's")
+    min_answer_agreement: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="smallest share of greedy answers identical to full's")
+    min_answer_similarity: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="smallest mean similarity (0..1) of greedy answers to full's")
+
+    @model_validator(mode="after")
+    def _check_any(self) -> QualityBound:
+        if all(v is None for v in vars(self).values()):
+            raise ValueError("max_quality_loss needs at least one of " + ", ".join(type(self).model_fields))
+        return self
+
+
 class CategoryPolicy(_Strict):
     """How the cache treats one category."""
 
@@ -86,6 +106,10 @@ class CategoryPolicy(_Strict):
         default=False, description="also cache requests with temperature > 0"
     )
     compute_profile: str = Field(default="full", min_length=1)
+    max_quality_loss: QualityBound | None = Field(
+        default=None, description="bound on compute_profile and every load.profile_ladder step, checked against "
+        "the per-category figures of the `compute_profiles` file at start-up and reload",
+    )
     load: LoadResponse = Field(default_factory=LoadResponse)
 
     @model_validator(mode="after")
@@ -164,6 +188,10 @@ class PolicyConfig(_Strict):
         description="below this centroid similarity a query falls to default_category",
     )
     load_policy: LoadPolicy = Field(default_factory=LoadPolicy)
+    compute_profiles: str | None = Field(
+        default=None, min_length=1, description="profile file (from `vllm-adaptive calibrate --category-data`) "
+        "whose per-category figures max_quality_loss is checked against; relative to the policy file's folder",
+    )
     classifier: ClassifierSettings | None = Field(
         default=None, description="learned classifier; without it, example centroids decide",
     )
@@ -260,3 +288,11 @@ def parse_policies(text: str, source: str = "<policies>") -> PolicyConfig:
             loc = tuple(err["loc"])
             problems.append((_node_line(root, loc), _field_path(loc, data), err["msg"]))
         raise PolicyError(source, problems) from None
+
+
+def located_error(text: str, source: str, problems: list[tuple[tuple[Any, ...], str]]) -> PolicyError:
+    """A PolicyError for problems found in a valid document by a later check (`loc`: path of the
+    offending field), with the same file:line: field naming as a schema error."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    data = yaml.safe_load(text)
+    return PolicyError(source, [(_node_line(root, loc), _field_path(loc, data), msg) for loc, msg in problems])
