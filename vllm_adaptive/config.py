@@ -1,6 +1,6 @@
 """The plugin's options, from vLLM's `--additional-config` (key "adaptive") or the environment.
 
-    vllm serve MODEL --enforce-eager \\
+    vllm serve MODEL \\
         --additional-config '{"adaptive": {"profiles": "profiles.json", "default_profile": "fast"}}'
 
 or `VLLM_ADAPTIVE_PROFILES=profiles.json VLLM_ADAPTIVE_DEFAULT_PROFILE=fast`. The additional
@@ -31,7 +31,9 @@ class AdaptiveOptions:
 def from_vllm_config(additional_config: Any) -> AdaptiveOptions:
     """Options from `--additional-config`, falling back to VLLM_ADAPTIVE_* env vars."""
     section = (additional_config or {}).get(CONFIG_KEY, {}) if isinstance(additional_config, dict) else {}
-    unknown = set(section) - {"profiles", "default_profile"}
+    # "served" is written by the plugin itself while the model is built (vllm_adaptive.models.layers):
+    # the resolved layout, so that it is part of vLLM's config hash and compile-cache key.
+    unknown = set(section) - {"profiles", "default_profile", "served"}
     if unknown:
         raise ValueError(f"unknown --additional-config adaptive options: {sorted(unknown)}")
     return AdaptiveOptions(

@@ -44,7 +44,7 @@ def record_patch(name: str) -> None:
 
 
 def record_model(model_class: str, num_layers: int) -> None:
-    """Remember which adaptive model class this process built."""
+    """Remember which architecture this process built its decoder layers for (through the plugin)."""
     _STATE.model_class = model_class
     _STATE.num_layers = num_layers
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vllm_adaptive import state
-from vllm_adaptive.runtime import RUNTIME
+from vllm_adaptive.models.layers import stacks
 
 
 def adaptive_status(self: Any) -> dict:
@@ -13,7 +13,9 @@ def adaptive_status(self: Any) -> dict:
     out = state.snapshot()
     model = self.get_model()
     out["runtime_model_class"] = type(model).__name__
-    inner = getattr(model, "model", None)
-    out["layer_calls"] = list(getattr(inner, "layer_calls", []))
-    out["profiles"] = RUNTIME.profiles.to_json() if RUNTIME.profiles else None
+    found = stacks(model)
+    out["stacks"] = [s.to_json() for s in found]
+    main = found[0] if found else None
+    out["layer_calls"] = list(main.plan.calls) if main is not None and main.plan is not None else []
+    out["profiles"] = main.profiles.to_json() if main is not None else None
     return out

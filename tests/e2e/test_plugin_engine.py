@@ -34,8 +34,10 @@ def test_plugin_active_in_the_worker_process(tiny_llama_dir):
     result = json.loads(line[0][7:])
     (worker,) = result["status"]
     assert worker["pid"] != result["pid"]  # a different process from the one that built the LLM
-    assert worker["plugin_loaded"] and worker["runtime_model_class"] == "AdaptiveLlamaForCausalLM"
-    assert worker["patches"] == ["model-registry", "worker-status-rpc", "batch-layout"]
+    # no profiles: vLLM's own model, the plugin only recorded the architecture it built
+    assert worker["plugin_loaded"] and worker["runtime_model_class"] == "LlamaForCausalLM"
+    assert worker["model_class"] == "LlamaForCausalLM" and worker["stacks"] == []
+    assert worker["patches"] == ["layer-stack", "worker-status-rpc", "batch-layout", "attention-kv-budget"]
     assert result["tokens"] == 4
 
 

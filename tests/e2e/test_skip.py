@@ -56,7 +56,6 @@ def test_bad_profiles_are_refused_at_start_up(smollm2_dir, tiny_llama_dir, profi
     cases = [
         (smollm2_dir, out_of_range, True, "layers [30] out of range 0..29"),
         (tiny_llama_dir, profile_file, True, "different model: model.num_layers is 30 but the served model has 2"),
-        (tiny_llama_dir, profile_file, False, "skip profiles need eager execution (--enforce-eager)"),
     ]
     for model, path, eager, message in cases:
         proc = run_engine(model, start.format(model=str(model), eager=eager, path=str(path)))

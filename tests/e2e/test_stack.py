@@ -39,7 +39,8 @@ def test_chat_through_controller_is_generated_by_smollm2_with_plugin(vllm_server
     models = httpx.get(ctl.url + "/v1/models", timeout=30).json()["data"]
     assert models[0]["id"] == "smollm2"
     assert models[0]["adaptive"]["active"] is True
-    assert models[0]["adaptive"]["workers"][0]["runtime_model_class"] == "AdaptiveLlamaForCausalLM"
+    worker = models[0]["adaptive"]["workers"][0]
+    assert worker["runtime_model_class"] == "LlamaForCausalLM" and worker["stacks"][0]["per_request"] is True
 
     paraphrase = ask(ctl.url, "What is the capital city of France?")
     assert paraphrase.headers["x-cache"] == "HIT"

@@ -11,13 +11,18 @@ below names the vLLM symbol it touches and says:
 Patches are applied by :func:`apply_all`, which vLLM reaches through the
 ``vllm.general_plugins`` entry point in every process. Applying twice is a no-op.
 
-1. ``vllm.model_executor.models.registry.ModelRegistry["LlamaForCausalLM"]``
-   Why: layer skipping and per-layer KV budgets need our own decoder loop; the
-     registry is vLLM's supported way to substitute a model class.
-   How: always, when the plugin is loaded. The substitute is a subclass with the
-     same weights layout, so stock checkpoints load unchanged.
-   Upstream: none planned (public API, not a monkey-patch).
-   Remove when: never; it is the plugin's model hook.
+1. ``vllm.model_executor.models.utils.make_layers`` (wrapped; also rebound in the vLLM model
+   modules already imported, which hold it by name)
+   Why: layer skipping must reach the decoder layers of every architecture without copying each
+     model's forward. Nearly all vLLM decoders build their layers with ``make_layers`` and run
+     ``hidden_states, residual = layer(positions, hidden_states, residual)``; the wrapper builds
+     the layers the default profile skips as ``SkippedLayer`` (no weights, no KV, identity on the
+     residual stream) and, in eager engines serving several profiles, makes the others follow the
+     model's step plan (vllm_adaptive.models.layers). Refuses architectures it cannot handle.
+   How: always, when the plugin is loaded; it calls the original unchanged unless skip profiles are
+     configured and the stack is the text decoder's (its layer count is the config's).
+   Upstream: a layer-builder hook or per-layer "skip" support in vLLM (none today).
+   Remove when: vLLM can build a decoder with layers left out and skip layers per request.
 
 2. ``vllm.v1.worker.worker_base.WorkerBase.adaptive_status`` (new method)
    Why: ``collective_rpc`` can only call worker methods by name across process
@@ -33,18 +38,27 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
    the CPU runner inherits it)
    Why: the model needs each scheduled token's skip profile, which only the runner
      knows (request order, tokens per request, each request's SamplingParams.extra_args).
-     The wrapper calls the original unchanged, then reports that layout to
-     :mod:`vllm_adaptive.runtime`.
-   How: always, when the plugin is loaded; a no-op unless skip profiles are configured.
+     The wrapper calls the original unchanged, then hands that layout to the step plan of the
+     model this runner holds (found once, kept on the runner), which resolves each layer's action.
+   How: always, when the plugin is loaded; a no-op unless the model serves several profiles (eager).
    Upstream: per-request model kwargs from sampling params (none today).
    Remove when: vLLM passes per-request metadata to the model forward.
 
-Not patches (public vLLM interfaces, listed so nobody looks for them here): per-layer KV
-budgets build each budgeted layer with ``Attention(per_layer_sliding_window=W)`` (through the
-``layer_types`` of a per-layer copy of the HF config that ``LlamaDecoderLayer(config=...)``
-accepts) and leave "none" layers out as ``PPMissingLayer``; vLLM's hybrid KV-cache manager
-does the rest (see :mod:`vllm_adaptive.kv.layout`). Depends on vLLM 0.32.0's Llama reading
-``config.layer_types`` / ``config.sliding_window`` per layer.
+4. ``vllm.model_executor.layers.attention.attention.Attention.__init__`` (wrapped)
+   Why: per-layer KV budgets for every architecture: a layer with a token budget W is built with
+     ``per_layer_sliding_window`` = W (min(W, its own window) if it already slides, as Gemma3's
+     local layers and Mistral's do), so vLLM gives it a SlidingWindowSpec and its hybrid KV-cache
+     manager frees blocks outside the window. Model configs cannot carry this (Qwen2 reads no
+     per-layer window; Gemma3's ``layer_types`` also selects RoPE). Refuses KV-sharing layers and
+     decoder attention built outside ``make_layers`` while profiles are configured.
+   How: always, when the plugin is loaded; passes arguments through unchanged outside a layer
+     stack built for skip profiles, and for non-decoder attention.
+   Upstream: per-layer KV-cache policies in vLLM (none today).
+   Remove when: vLLM takes per-layer windows (or KV budgets) from its own configuration.
+
+Not patches: "none" KV budgets need nothing from vLLM beyond its own ``PPMissingLayer`` (weight
+loading and KV-spec collection already leave such layers out); vLLM's hybrid KV-cache manager
+groups the windowed layers (see :mod:`vllm_adaptive.kv.layout`).
 """
 
 from __future__ import annotations
@@ -67,12 +81,19 @@ class Patch:
     apply: Callable[[], None]
 
 
-def _register_models() -> None:
-    from vllm import ModelRegistry
+def _wrap_make_layers() -> None:
+    import sys
 
-    ModelRegistry.register_model(
-        "LlamaForCausalLM", "vllm_adaptive.models.llama:AdaptiveLlamaForCausalLM"
-    )
+    from vllm.model_executor.models import utils
+
+    from vllm_adaptive.models.layers import adaptive_make_layers
+
+    original = utils.make_layers
+    wrapped = adaptive_make_layers(original)
+    utils.make_layers = wrapped
+    for name, module in list(sys.modules.items()):  # model modules imported before the plugin
+        if name.startswith("vllm.model_executor.models.") and getattr(module, "make_layers", None) is original:
+            module.make_layers = wrapped
 
 
 def _add_worker_status_rpc() -> None:
@@ -86,26 +107,57 @@ def _add_worker_status_rpc() -> None:
 def _report_batch_layout() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from vllm_adaptive.runtime import RUNTIME
+    from vllm_adaptive.models.layers import stacks
 
     original = GPUModelRunner._prepare_inputs
 
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
         out = original(self, scheduler_output, num_scheduled_tokens)
-        if RUNTIME.profiles is not None:
+        plans = getattr(self, "_adaptive_plans", None)
+        if plans is None:  # first step of this runner: find its model's plans once
+            plans = self._adaptive_plans = [s.plan for s in stacks(self.get_model()) if s.plan is not None]
+        if plans:
             req_ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
             extra = [getattr(self.requests[r].sampling_params, "extra_args", None) for r in req_ids]
-            RUNTIME.plan_batch(extra, num_scheduled_tokens)
+            for plan in plans:
+                plan.plan_batch(extra, num_scheduled_tokens)
         return out
 
     _prepare_inputs.__wrapped__ = original  # type: ignore[attr-defined]
     GPUModelRunner._prepare_inputs = _prepare_inputs
 
 
+def _budget_attention() -> None:
+    import inspect
+
+    from vllm.model_executor.layers.attention.attention import Attention
+    from vllm.v1.attention.backend import AttentionType
+
+    from vllm_adaptive.models.layers import budget_attention
+
+    original = Attention.__init__
+    signature = inspect.signature(original)
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        arguments = bound.arguments
+        if arguments.get("attn_type", AttentionType.DECODER) == AttentionType.DECODER:
+            window = arguments.get("per_layer_sliding_window")
+            cache_config = arguments.get("cache_config")
+            native = window if window is not None else getattr(cache_config, "sliding_window", None)
+            arguments["per_layer_sliding_window"] = budget_attention(
+                arguments.get("prefix", ""), window, native, arguments.get("kv_sharing_target_layer_name"))
+        original(*bound.args, **bound.kwargs)
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    Attention.__init__ = __init__
+
+
 PATCHES: tuple[Patch, ...] = (
-    Patch("model-registry", "ModelRegistry[LlamaForCausalLM]", _register_models),
+    Patch("layer-stack", "models.utils.make_layers", _wrap_make_layers),
     Patch("worker-status-rpc", "WorkerBase.adaptive_status", _add_worker_status_rpc),
     Patch("batch-layout", "GPUModelRunner._prepare_inputs", _report_batch_layout),
+    Patch("attention-kv-budget", "Attention.__init__", _budget_attention),
 )
 
 
