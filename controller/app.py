@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError
 
 from controller import admin, load_monitor, proxy, upstream
 from controller.backends import BackendPool
-from controller.breaker import CircuitBreaker, GuardedRedis
+from controller.breaker import GuardedRedis
 from controller.cache import SemanticCache
 from controller.embeddings import Encoder
 from controller.feed import ChangeFeed
@@ -33,6 +34,22 @@ from controller.snapshot import build_snapshot
 
 log = logging.getLogger("controller")
 
+async def connect(url: str) -> aioredis.Redis | RedisCluster:
+    """A client for `url`: a Redis Cluster if the node says it is one, else a single Redis."""
+    options = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+    probe = aioredis.Redis.from_url(url, **options)
+    try:
+        clustered = (await probe.info("cluster")).get("cluster_enabled") == 1
+    except RedisError:
+        clustered = False  # unreachable now: a single node is assumed (the breaker copes)
+    finally:
+        await probe.aclose()
+    if clustered:
+        log.info("Redis at %s is a cluster: using the cluster client", url)
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
 def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
     """Build the ASGI app; the policy file is validated before anything starts."""
     snapshot = build_snapshot(settings.config_path, encoder)
@@ -41,15 +58,10 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
 
-        def breaker_changed(is_open: bool) -> None:
-            metrics.redis_breaker_open.set(int(is_open))
-            if is_open:
-                metrics.redis_breaker_trips.inc()
-
-        breaker = CircuitBreaker(timeout=settings.redis_timeout, on_change=breaker_changed)
-        raw = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        raw = await connect(settings.redis_url)
         feed = ChangeFeed(raw, settings.cache_prefix)
-        cache = SemanticCache(GuardedRedis(raw, breaker), snapshot.config, encoder.dim, settings.cache_prefix, feed)
+        guarded = GuardedRedis(raw, settings.redis_timeout, on_trip=metrics.redis_breaker_trips.inc)
+        cache = SemanticCache(guarded, snapshot.config, encoder.dim, settings.cache_prefix, feed)
         try:
             loaded = await cache.rebuild()
             log.info("semantic cache rebuilt from Redis: %d entries", loaded)
@@ -108,7 +120,8 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         for name, index in ctl.cache.indexes.items():
             ctl.metrics.entries.labels(name).set(len(index.entries))
             ctl.metrics.evictions.labels(name).set(index.quota_evictions)
-        ctl.metrics.redis_fast_failures.set(ctl.cache.redis.breaker.fast_failures)
+        ctl.metrics.redis_breaker_open.set(int(ctl.cache.redis.is_open))
+        ctl.metrics.redis_fast_failures.set(ctl.cache.redis.fast_failures)
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

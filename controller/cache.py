@@ -264,8 +264,8 @@ class SemanticCache:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hset(key, mapping=doc)
             pipe.expire(key, ttl_seconds)
-            if evicted:
-                pipe.delete(*[e.key for e in evicted])
+            for gone in evicted:  # one DEL per key: on a cluster the keys live in different slots
+                pipe.delete(gone.key)
             if self.feed is not None:
                 self.feed.publish_added(pipe, key, doc, [e.key for e in evicted])
             await pipe.execute()
@@ -298,7 +298,8 @@ class SemanticCache:
             batch = keys[start : start + 1000]
             try:
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.delete(*batch)
+                for key in batch:  # one DEL per key: on a cluster the keys live in different slots
+                    pipe.delete(key)
                 if self.feed is not None:
                     self.feed.publish_deleted(pipe, batch)
                 await pipe.execute()

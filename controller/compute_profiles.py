@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from policies.quality import Measured, QualityProblem, quality_problems, suggest
+from policies.quality import FULL, Measured, QualityProblem, quality_problems, steps, suggest
 from policies.schema import PolicyConfig, PolicyError, QualityBound, located_error
 
 
@@ -38,6 +38,8 @@ def problems(config: PolicyConfig, policy_path: Path, override: Path | None = No
     from vllm_adaptive.profiles import ProfileError
 
     path = profile_file(config, policy_path, override)
+    if not any(c.policy.max_quality_loss and any(p != FULL for _, p in steps(c.policy)) for c in config.categories):
+        return []  # every bounded category runs full only: nothing to look up
     if path is None:
         return quality_problems(config, None)
     try:

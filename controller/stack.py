@@ -14,11 +14,15 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
+from controller import compute_profiles
 from controller.procs import start_vllm, stop_group, wait_http
 from controller.serve import run_controller
+from controller.snapshot import load_policies
+from policies.schema import PolicyError
 from vllm_adaptive import model_store
 
 VLLM_START_TIMEOUT = 600.0
@@ -28,8 +32,18 @@ def run_stack(args: argparse.Namespace) -> int:
     model = args.model or str(model_store.ensure())
     log_path = args.vllm_log or os.path.join(tempfile.gettempdir(), "vllm-adaptive-vllm.log")
     vllm_url = f"http://127.0.0.1:{args.vllm_port}"
-    print(f"[up] starting vLLM with the adaptive plugin on {model} (log: {log_path})", flush=True)
-    vllm = start_vllm(model, args.vllm_port, log_path)
+    # vLLM serves the profile file the policy's compute profiles were measured in (checked first)
+    config_path = Path(args.config)
+    try:
+        config = load_policies(config_path)
+        compute_profiles.check(config, config_path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    profiles = compute_profiles.profile_file(config, config_path)
+    print(f"[up] starting vLLM with the adaptive plugin on {model} (log: {log_path}; compute profiles: "
+          f"{profiles or 'none'})", flush=True)
+    vllm = start_vllm(model, args.vllm_port, log_path, profiles=str(profiles.resolve()) if profiles else None)
     try:
         if not wait_http(vllm_url + "/health", vllm, VLLM_START_TIMEOUT):
             print(f"[up] vLLM did not come up; last lines of {log_path}:", file=sys.stderr)

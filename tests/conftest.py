@@ -141,3 +141,86 @@ def sim_backend():
     served = ServedApp(build(slots=16, service_seconds=0.0))
     yield served.url
     served.stop()
+
+
+class LocalRedisCluster:
+    """A real Redis Cluster on loopback: 3 masters + 3 replicas of Debian's redis-server, created
+    with `redis-cli --cluster create`; node timeout 1 s so a killed master fails over quickly."""
+
+    def __init__(self, folder: Path, masters: int = 3) -> None:
+        import subprocess
+        import time
+
+        from controller.procs import free_port
+
+        self.ports: list[int] = []
+        while len(self.ports) < 2 * masters:  # each node also listens on port + 10000 (cluster bus)
+            port = free_port()
+            if port < 55000 and port not in self.ports:
+                self.ports.append(port)
+        self.procs = {}
+        for port in self.ports:
+            node = folder / str(port)
+            node.mkdir(parents=True)
+            self.procs[port] = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "1000",
+                 "--dir", str(node), "--appendonly", "no", "--save", "", "--logfile", str(node / "redis.log")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in self.ports:
+            self._wait(lambda p=port: self.cli(p, "ping") == "PONG")
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        self._wait(lambda: all("cluster_state:ok" in self.cli(p, "cluster", "info") for p in self.ports))
+        time.sleep(0.5)
+
+    @staticmethod
+    def cli(port: int, *args: str) -> str:
+        import subprocess
+
+        out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+
+    @staticmethod
+    def _wait(check, timeout: float = 30.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis cluster did not come up")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that holds `key`'s slot now."""
+        slot = int(self.cli(self.ports[0], "cluster", "keyslot", key))
+        for line in self.cli(self.ports[0], "cluster", "nodes").splitlines():
+            parts = line.split()
+            if "master" in parts[2] and "fail" not in parts[2]:
+                for span in parts[8:]:
+                    lo, _, hi = span.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return int(parts[1].split(":")[1].split("@")[0])
+        raise KeyError(key)
+
+    def kill(self, port: int) -> None:
+        self.procs[port].kill()
+        self.procs[port].wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """A fresh 6-node Redis Cluster for one test (tests may kill its nodes)."""
+    cluster = LocalRedisCluster(tmp_path / "cluster")
+    yield cluster
+    cluster.stop()

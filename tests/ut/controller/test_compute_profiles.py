@@ -94,3 +94,12 @@ def test_suggest_profiles_lists_the_fastest_within_each_bound(policy, capsys):
     chat = out[out.index("chat ("):]
     assert "from the command line" in chat and "proposed compute_profile" in chat.splitlines()[1]
     assert "heavy" in chat.splitlines()[1]  # chat's +20 % is within the command line's 25 %
+
+
+def test_a_bounded_category_that_runs_full_needs_no_profile_file(tmp_path, capsys):
+    path = tmp_path / "policies.yaml"
+    path.write_text(POLICY.replace("LIGHT", "full").replace("profiles.json", "missing.json"))
+    assert main(["check", str(path)]) == 0  # full is the reference: nothing to look up
+    path.write_text(POLICY.replace("LIGHT", "light").replace("profiles.json", "missing.json"))
+    assert main(["check", str(path)]) == 1
+    assert f"{path}:3: compute_profiles:" in capsys.readouterr().err

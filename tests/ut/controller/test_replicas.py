@@ -16,7 +16,7 @@ from policies.schema import parse_policies
 
 
 def ask(url, content):
-    return httpx.post(url + "/v1/chat/completions", timeout=30, json={
+    return httpx.post(url + "/v1/chat/completions", timeout=30, headers={"X-Adaptive-Category": "factual"}, json={
         "model": "m", "temperature": 0, "messages": [{"role": "user", "content": content}]})
 
 
