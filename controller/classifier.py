@@ -4,10 +4,12 @@ Order, first match wins:
 1. keyword rules of the policy YAML, in YAML order (an operator's explicit word always wins);
 2. with `classifier.weights` in the policy: a multinomial logistic regression over the query's
    sentence embedding (the vector the cache already computed, so no second model on the hot
-   path). Its top probability below `classifier.confidence_floor` sends the query to
-   `default_category` (the strictest policy), so uncertainty never loosens a policy. The YAML
-   examples are folded into the model's training data (`adaptive-controller train-classifier
-   --policy`), not consulted at run time;
+   path). When its top probability is below `classifier.confidence_floor`, the query gets the
+   strictest policy among `default_category` and the model's two likeliest categories
+   (uncacheable first, then the highest similarity threshold; the default wins ties), so
+   uncertainty never loosens a policy: a maths-or-factual query is treated as maths even when
+   the default is factual. The YAML examples are folded into the model's training data
+   (`adaptive-controller train-classifier --policy`), not consulted at run time;
 3. without weights: the category whose YAML example centroid is closest, if at least
    `min_category_similarity`; otherwise `default_category`.
 
@@ -19,10 +21,12 @@ the held-back `test_probs` / `test_labels`, so `check` can report the model unde
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,6 +35,7 @@ from controller.embeddings import Encoder
 from policies.schema import PolicyConfig
 
 FORMAT = 1
+log = logging.getLogger(__name__)
 ARRAYS = ("weights", "bias", "categories", "meta", "test_probs", "test_labels")
 
 
@@ -44,6 +49,22 @@ class Assignment(NamedTuple):
     category: str
     confidence: float | None  # model probability or centroid similarity; None for keyword / default
     source: str  # "keyword", "model", "low_confidence", "centroid" or "default"
+
+
+def strictness(config: PolicyConfig) -> dict[str, tuple[bool, float]]:
+    """How strictly each category serves from the cache (larger is stricter): uncacheable, then threshold."""
+    return {c.name: (not c.policy.cacheable, c.policy.similarity_threshold) for c in config.categories}
+
+
+def route(probs: np.ndarray, names: Sequence[str], floor: float, default: str,
+          strict: dict[str, tuple[bool, float]]) -> Assignment:
+    """The model's category, or, below `floor`, the strictest of the default and the two likeliest."""
+    order = np.argsort(probs)
+    best = float(probs[order[-1]])
+    if best >= floor:
+        return Assignment(names[order[-1]], best, "model")
+    candidates = [default, *(names[i] for i in order[-2:][::-1])]
+    return Assignment(max(candidates, key=strict.__getitem__), best, "low_confidence")
 
 
 @dataclass(frozen=True)
@@ -112,6 +133,28 @@ def load_model(path: Path, dim: int) -> LinearModel:
     return LinearModel(tuple(names.tolist()), w.astype(np.float32), b.astype(np.float32), meta, probs, labels)
 
 
+def for_policy(model: LinearModel, config: PolicyConfig, path: Path) -> LinearModel:
+    """`model` without the categories the policy no longer has (the softmax over the rest shares
+    out their probability, so their queries still land somewhere, strictly when uncertain)."""
+    names = {c.name for c in config.categories}
+    keep = [i for i, n in enumerate(model.categories) if n in names]
+    if len(keep) == len(model.categories):
+        return model
+    if len(keep) < 2:
+        raise ClassifierError(f"classifier weights {path}: fewer than two of its categories "
+                              f"({', '.join(model.categories)}) are in the policy; retrain")
+    dropped = [n for n in model.categories if n not in names]
+    log.warning("classifier weights %s: categories %s are not in the policy; never predicted", path, ", ".join(dropped))
+    rows = np.isin(model.test_labels, keep)
+    probs = model.test_probs[rows][:, keep]
+    remap = {old: new for new, old in enumerate(keep)}
+    return LinearModel(
+        tuple(model.categories[i] for i in keep), model.weights[keep], model.bias[keep],
+        {**model.meta, "dropped_categories": dropped}, probs / probs.sum(axis=1, keepdims=True),
+        np.array([remap[int(label)] for label in model.test_labels[rows]], dtype=np.int64),
+    )
+
+
 class Classifier:
     """Keyword rules, then the learned model (with its confidence floor) or the example centroids."""
 
@@ -119,6 +162,7 @@ class Classifier:
         """`base_dir`: where a relative `classifier.weights` path is resolved (the policy file's folder)."""
         self.default = config.default_category
         self.min_similarity = config.min_category_similarity
+        self._strict = strictness(config)
         self._rules = [
             (c.name, re.compile(r"\b(?:" + "|".join(map(re.escape, c.keywords)) + r")\b", re.I))
             for c in config.categories
@@ -131,12 +175,7 @@ class Classifier:
             if base_dir is None:
                 raise ClassifierError("classifier weights: the policy file's folder is needed to find them")
             self.weights_path = base_dir / config.classifier.weights
-            self.model = load_model(self.weights_path, encoder.dim)
-            unknown = sorted(set(self.model.categories) - {c.name for c in config.categories})
-            if unknown:
-                raise ClassifierError(
-                    f"classifier weights {self.weights_path}: categories {', '.join(unknown)} are not in the policy"
-                )
+            self.model = for_policy(load_model(self.weights_path, encoder.dim), config, self.weights_path)
             self.floor = config.classifier.confidence_floor
             self._names: list[str] = list(self.model.categories)
             self._centroids = np.zeros((0, encoder.dim), dtype=np.float32)
@@ -156,12 +195,7 @@ class Classifier:
             if pattern.search(text):
                 return Assignment(name, None, "keyword")
         if self.model is not None:
-            probs = self.model.probabilities(vector)
-            best = int(np.argmax(probs))
-            p = float(probs[best])
-            if p >= self.floor:
-                return Assignment(self._names[best], p, "model")
-            return Assignment(self.default, p, "low_confidence")
+            return route(self.model.probabilities(vector), self._names, self.floor, self.default, self._strict)
         if len(self._names):
             sims = self._centroids @ vector
             best = int(np.argmax(sims))

@@ -3,6 +3,7 @@
     adaptive-controller check configs/policies.yaml
     adaptive-controller serve --config configs/policies.yaml --backend http://127.0.0.1:8100
     adaptive-controller up          # vLLM (CPU, SmolLM2, plugin) + controller + Redis
+    adaptive-controller train-classifier --data rows.jsonl --policy configs/policies.yaml --out configs/classifier.npz
     adaptive-controller calibrate-cache --pairs pairs.jsonl.gz   # per-category error bounds
     adaptive-controller train-verifier                           # the learned cache verifier
 """
@@ -49,6 +50,15 @@ def _check(args: argparse.Namespace) -> int:
     if bounded:
         print(f"max_quality_loss of {', '.join(bounded)}: met by every profile they run ({path or 'all full'})")
     print(json.dumps(config.model_dump(), indent=2))
+    if config.classifier is not None:
+        from controller.classifier import ClassifierError
+        from controller.train_classifier import describe
+
+        try:
+            print(describe(config, Path(args.config).parent))
+        except ClassifierError as exc:
+            print(f"{args.config}: classifier.weights: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -106,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check", help="validate a policy YAML file and print it")
+    check = sub.add_parser("check", help="validate a policy YAML file and print it (and its classifier's accuracy)")
     check.add_argument("config", help="policy YAML file")
     check.add_argument("--profiles", default=None, metavar="FILE",
                        help="profile file to check max_quality_loss against (default: the policy's compute_profiles)")
@@ -121,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--min-top1-agreement", type=float, default=None)
     suggest.add_argument("--min-answer-agreement", type=float, default=None)
     suggest.add_argument("--min-answer-similarity", type=float, default=None)
+
+    from controller import train_classifier  # numpy only (no encoder until run)
+
+    train_classifier.add_options(sub.add_parser(
+        "train-classifier", help="train the category classifier on labelled JSONL",
+        description=train_classifier.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ))
 
     # Lazy: these modules import numpy and yaml only (the commands import the rest when run).
     from controller import calibrate_cache
@@ -166,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args)
     if args.command == "suggest-profiles":
         return _suggest(args)
+    if args.command == "train-classifier":
+        from controller import train_classifier
+
+        return train_classifier.run(args)
     if args.command == "calibrate-cache":
         from controller import calibrate_cache
 

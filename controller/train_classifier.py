@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.classifier import ClassifierError, LinearModel, load_model
+from controller.classifier import LinearModel, for_policy, load_model, route, strictness
 from controller.embeddings import DIM, ENCODERS, Encoder
 from policies.schema import PolicyConfig, PolicyError
 
@@ -168,8 +168,8 @@ def choose_l2(x: np.ndarray, y: np.ndarray, k: int, grid: tuple[float, ...] = L2
 def report(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Per-category precision / recall / support, accuracy and the confusion matrix.
 
-    `pred` may use index len(names) for "sent to the default by low confidence" when the
-    default category is not one the model predicts; it then gets a confusion column.
+    `pred` may use index len(names) for a category the model does not predict (the default,
+    chosen for a low-confidence query); it then gets a confusion column.
     """
     k = len(names)
     cols = k + int((pred == k).any())
@@ -181,21 +181,16 @@ def report(y: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, Any]:
         per[name] = {"precision": float(tp / predicted) if predicted else None,
                      "recall": float(tp / actual) if actual else None, "support": int(actual)}
     return {"accuracy": float((pred == y).mean()) if len(y) else None, "per_category": per,
-            "confusion": confusion.tolist(), "columns": names + ["(default)"] * (cols - k)}
+            "confusion": confusion.tolist(), "columns": names + ["(other)"] * (cols - k)}
 
 
-def floor_predictions(probs: np.ndarray, floor: float, default_index: int) -> np.ndarray:
-    """Top category, or `default_index` where the top probability is below `floor`."""
-    return np.where(probs.max(axis=1) >= floor, probs.argmax(axis=1), default_index)
-
-
-def held_back(model: LinearModel, floor: float, default: str) -> dict[str, Any]:
-    """The stored held-back report of `model` under confidence floor `floor` (keyword rules excluded)."""
+def held_back(model: LinearModel, floor: float, config: PolicyConfig) -> dict[str, Any]:
+    """The stored held-back report of `model` routed as served under `floor` (keyword rules excluded)."""
     names = list(model.categories)
-    default_index = names.index(default) if default in names else len(names)
-    pred = floor_predictions(model.test_probs, floor, default_index)
-    out = report(model.test_labels, pred, names)
-    out["low_confidence_share"] = float((model.test_probs.max(axis=1) < floor).mean()) if len(pred) else None
+    strict = strictness(config)
+    got = [route(p, names, floor, config.default_category, strict).category for p in model.test_probs]
+    out = report(model.test_labels, np.array([names.index(g) if g in names else len(names) for g in got]), names)
+    out["low_confidence_share"] = float((model.test_probs.max(axis=1) < floor).mean()) if len(got) else None
     return out
 
 
@@ -250,7 +245,7 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"  {name:15s} {pct(m['precision'])}   {pct(m['recall'])}  {m['support']:7d}")
     acc = rep["accuracy"]
     lines.append(f"  accuracy {pct(acc)}" + (
-        f", sent to default by low confidence {pct(rep['low_confidence_share'])}"
+        f", below the confidence floor {pct(rep['low_confidence_share'])}"
         if rep.get("low_confidence_share") is not None else ""))
     return "\n".join(lines)
 
@@ -260,19 +255,19 @@ def describe(config: PolicyConfig, base_dir: Path) -> str:
     settings = config.classifier
     assert settings is not None
     path = base_dir / settings.weights
-    model = load_model(path, DIM)
+    model = for_policy(load_model(path, DIM), config, path)
     meta = model.meta
     names = {c.name for c in config.categories}
-    unknown = sorted(set(model.categories) - names)
-    if unknown:
-        raise ClassifierError(f"classifier weights {path}: categories {', '.join(unknown)} are not in the policy")
     lines = [
         f"classifier: {path} ({meta.get('encoder')}, l2 {meta.get('l2')}, {meta.get('train_rows')} training rows "
         f"incl. {meta.get('policy_examples')} YAML examples, data {meta.get('data') or '?'})",
         f"held back: {meta.get('test_rows')} rows; model with confidence_floor {settings.confidence_floor} "
-        f"(below it -> {config.default_category}); keyword rules not applied:",
-        format_report(held_back(model, settings.confidence_floor, config.default_category)),
+        f"(below it: the strictest of {config.default_category} and the two likeliest); keyword rules not applied:",
+        format_report(held_back(model, settings.confidence_floor, config)),
     ]
+    if meta.get("dropped_categories"):
+        lines.append(f"warning: the weights know {', '.join(meta['dropped_categories'])}, which the policy lacks: "
+                     "never predicted (their held-back rows are left out above); retrain")
     missing = sorted(names - set(model.categories))
     if missing:
         lines.append(f"warning: the model never predicts {', '.join(missing)} (keyword rules or the header only)")
@@ -306,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     model.save(args.out)
     print(f"wrote {args.out}: {len(model.categories)} categories, l2 {model.meta['l2']}, "
-          f"{model.meta['train_rows']} training rows; held back {model.meta['test_rows']} rows, model alone:")
-    default = policy.default_category if policy else model.categories[0]
-    print(format_report(held_back(model, 0.0, default)))
+          f"{model.meta['train_rows']} training rows; held back {model.meta['test_rows']} rows, model alone "
+          "(no keyword rules, no confidence floor):")
+    print(format_report(report(model.test_labels, model.test_probs.argmax(axis=1), list(model.categories))))
     return 0

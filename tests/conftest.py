@@ -78,6 +78,16 @@ def policies_path() -> Path:
     return REPO / "configs" / "policies.yaml"
 
 
+@pytest.fixture
+def policy_copy(tmp_path, policies_path) -> Path:
+    """A private copy of the example policies that a test may rewrite and reload; the classifier
+    weights it names (relative to the file) are copied beside it."""
+    shutil.copy(policies_path.parent / "classifier.npz", tmp_path / "classifier.npz")
+    path = tmp_path / "policies.yaml"
+    path.write_text(policies_path.read_text())
+    return path
+
+
 class ServedApp:
     """An ASGI app served by uvicorn on a free port in a background thread (real HTTP)."""
 

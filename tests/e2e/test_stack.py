@@ -106,9 +106,8 @@ def test_dead_backend_is_skipped(vllm_server, start_controller, flushed):
     assert reply.status_code == 503 and reply.json()["error"]["type"] == "service_unavailable"
 
 
-def test_invalid_reload_keeps_old_policy(vllm_server, start_controller, policies_path, tmp_path, flushed):
-    config = tmp_path / "policies.yaml"
-    config.write_text(policies_path.read_text())
+def test_invalid_reload_keeps_old_policy(vllm_server, start_controller, policies_path, policy_copy, flushed):
+    config = policy_copy
     ctl = start_controller([vllm_server], config_path=config)
     admin = {"X-Admin-Token": ctl.admin_token}
     config.write_text(policies_path.read_text().replace("max_entries: 20000", "max_entries: -1", 1))
@@ -134,7 +133,7 @@ def test_invalid_yaml_refuses_to_start(tmp_path):
     assert f"{bad}:6: categories[0=chat].policy.similarity_threshold:" in proc.stderr
 
 
-def test_sighup_reloads_policy_in_the_served_process(tmp_path, policies_path):
+def test_sighup_reloads_policy_in_the_served_process(tmp_path, policies_path, policy_copy):
     """`adaptive-controller serve` with its embedded Redis: SIGHUP applies a valid file, keeps the
     old policy on an invalid one. (The backend is never called here.)"""
     import signal
@@ -142,8 +141,7 @@ def test_sighup_reloads_policy_in_the_served_process(tmp_path, policies_path):
 
     from controller.procs import free_port, stop_group, wait_http
 
-    config = tmp_path / "policies.yaml"
-    config.write_text(policies_path.read_text())
+    config = policy_copy
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--config", str(config),
                              "--backend", "http://127.0.0.1:9", "--port", str(port),
@@ -175,13 +173,13 @@ def test_sighup_reloads_policy_in_the_served_process(tmp_path, policies_path):
     assert (tmp_path / "redis" / "redis.log").exists()  # the embedded Redis ran under --data-dir
 
 
-def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, policies_path, tmp_path, flushed):
+def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, policies_path, policy_copy, flushed):
     """Under load the category's next compute profile is sent and applied by the plugin.
 
     The load level is set by hand after one real scrape: driving a 2-core CPU backend into a
     deterministic queue in a test is not feasible (the closed-loop bench does that). Everything
     downstream of the level is real: the controller's decision, the request, vLLM's plugin."""
-    config = tmp_path / "policies.yaml"
+    config = policy_copy
     original = policies_path.read_text()
     text = original.replace("load: {threshold_floor: 0.8, ttl_max_seconds: 14400}}",
                             "load: {threshold_floor: 0.8, ttl_max_seconds: 7200, profile_ladder: [fast, fastest]}}")

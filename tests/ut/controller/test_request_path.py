@@ -28,11 +28,8 @@ def sse_events(text):
 
 
 @pytest.fixture
-def config(tmp_path, policies_path):
-    """A private copy of the example policies that a test may rewrite and reload."""
-    path = tmp_path / "policies.yaml"
-    path.write_text(policies_path.read_text())
-    return path
+def config(policy_copy):
+    return policy_copy
 
 
 async def test_hit_miss_bypass_and_stream_replay(sim_backend, start_controller, redis_client):
