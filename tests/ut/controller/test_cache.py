@@ -139,3 +139,16 @@ async def test_smaller_quota_on_reload_deletes_documents(cache, encoder, redis_c
     live = {e.key for e in cache.indexes["qa"].entries.values()}
     assert live == {keys[2]}
     assert {k.decode() async for k in redis_client.scan_iter("va:doc:qa:*")} == live
+
+
+async def test_an_entry_is_found_however_many_were_deleted_before_it(redis_client, encoder):
+    """hnswlib's filtered search missed the only live entry among deleted ones (seen after 43
+    store/invalidate rounds); small partitions are now searched exactly."""
+    config = parse_policies(CONFIG.replace("max_entries: 3}", "max_entries: 1000}", 1), "test.yaml")
+    cache = SemanticCache(redis_client, config, encoder.dim)
+    for i in range(120):
+        text = f"Which river flows through the city with postcode {i * 7919}?"
+        await cache.store("qa", f"p{i}", f"t{i}", vec(encoder, text), text, ANSWER, 60, {})
+        hit = await cache.lookup("qa", f"p{i}", vec(encoder, text), 0.85)
+        assert hit is not None, i
+        assert await cache.invalidate(tenant=f"t{i}") == 1
