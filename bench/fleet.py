@@ -9,7 +9,9 @@ all added. The soak samples the controller's RSS and open file descriptors every
 
     python -m bench.fleet load --rates 25,50,100,150     # sustained rate at added p99 <= 20 ms
     python -m bench.fleet soak --rate 25 --seconds 600   # RSS / fd curves, errors
-Results: bench/results/fleet_{load,soak}.json + PNG.
+    python -m bench.fleet replicas --n 200               # visibility delay between two replicas
+    python -m bench.fleet breaker                        # latency with Redis hung (SIGSTOP) vs healthy
+Results: bench/results/fleet_{load,soak,replicas,breaker}.json (+ PNG for load and soak).
 """
 
 from __future__ import annotations
@@ -41,23 +43,30 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Stack:
-    """The simulated backend and one controller (embedded Redis), as separate processes."""
+    """The simulated backend and controllers (an embedded Redis, or `redis` shared), as processes."""
 
-    def __init__(self, service_ms: float, workdir: Path) -> None:
-        self.backend_port, self.port = free_port(), free_port()
+    def __init__(self, service_ms: float, workdir: Path, redis: str | None = None) -> None:
+        self.backend_port = free_port()
         self.backend = f"http://127.0.0.1:{self.backend_port}"
-        self.url = f"http://127.0.0.1:{self.port}"
         self.procs = [subprocess.Popen(
             [sys.executable, "-m", "bench.sim_backend", "--port", str(self.backend_port), "--slots", "64",
              "--service-seconds", str(service_ms / 1000)], cwd=REPO, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         assert wait_http(self.backend + "/health", self.procs[0], 60), "sim backend did not start"
-        self.controller = subprocess.Popen(
+        self.controller, self.url = self.add_controller(workdir, redis)
+
+    def add_controller(self, workdir: Path, redis: str | None) -> tuple[subprocess.Popen, str]:
+        """Start one more controller (a replica when they share `redis`)."""
+        port = free_port()
+        store = ["--redis", redis] if redis else ["--data-dir", str(workdir / "redis")]
+        proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "serve", "--config", str(REPO / "configs" / "policies.yaml"),
-             "--backend", self.backend, "--port", str(self.port), "--data-dir", str(workdir / "redis")],
+             "--backend", self.backend, "--port", str(port), "--admin-token", "bench", *store],
             cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs.append(self.controller)
-        assert wait_http(self.url + "/health", self.controller, 120), "controller did not start"
+        self.procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        assert wait_http(url + "/health", proc, 120), "controller did not start"
+        return proc, url
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -197,10 +206,91 @@ def soak(args: argparse.Namespace) -> None:
     print(json.dumps({k: out[k] for k in ("sent", "errors")}), out["samples"][0], out["samples"][-1])
 
 
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50_ms": 1000 * percentile(values, 0.5), "p99_ms": 1000 * percentile(values, 0.99),
+            "max_ms": 1000 * max(values)}
+
+
+def replicas(args: argparse.Namespace) -> None:
+    """Store through replica A, poll replica B (lookup only: no-store) until it serves the answer;
+    then invalidate through A and poll B until it no longer does."""
+    from controller.redis_server import EmbeddedRedis
+
+    seen, gone = [], []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
+        stack = Stack(args.service_ms, Path(tmp), redis.url)
+        _, other = stack.add_controller(Path(tmp), redis.url)
+        try:
+            with httpx.Client(timeout=30) as client:
+                def ask(url: str, q: str, tenant: str, **headers: str) -> str:
+                    return client.post(url + "/v1/chat/completions", headers={
+                        "Authorization": f"Bearer {tenant}", "X-Adaptive-Category": "factual", **headers}, json={
+                        "model": "sim", "temperature": 0, "messages": [{"role": "user", "content": q}]}).headers["x-cache"]
+
+                def wait(q: str, tenant: str, want: str) -> float:
+                    t0 = time.perf_counter()
+                    while ask(other, q, tenant, **{"Cache-Control": "no-store"}) != want:
+                        if time.perf_counter() - t0 > 10:
+                            return float("inf")
+                    return time.perf_counter() - t0
+
+                for i in range(args.n):
+                    q, tenant = f"Which river flows through the city with postcode {i * 7919}?", f"tenant-{i}"
+                    ask(stack.url, q, tenant)
+                    seen.append(wait(q, tenant, "HIT"))
+                    client.post(stack.url + "/admin/invalidate", headers={"X-Admin-Token": "bench"},
+                                json={"tenant": tenant})
+                    gone.append(wait(q, tenant, "MISS"))
+        finally:
+            stack.stop()
+    out = {"machine": machine.describe(), "command": " ".join(sys.argv), "n": args.n,
+           "store_visible_on_other_replica": _summary(seen), "invalidation_visible_on_other_replica": _summary(gone),
+           "note": "delay from the storing response (or the invalidate reply) to the first poll that sees it; "
+                   "each poll is one lookup round-trip (about a millisecond), so that is the resolution"}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fleet_replicas.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+
+
+def breaker(args: argparse.Namespace) -> None:
+    """Request latency with Redis healthy, then hung (SIGSTOP), then back (SIGCONT)."""
+    import signal
+
+    from controller.redis_server import EmbeddedRedis
+
+    phases: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
+        stack = Stack(args.service_ms, Path(tmp), redis.url)
+        try:
+            with httpx.Client(timeout=30) as client:
+                def run(phase: str, n: int) -> None:
+                    for i in range(n):
+                        t0 = time.perf_counter()
+                        r = client.post(stack.url + "/v1/chat/completions", json={
+                            "model": "sim", "temperature": 0,
+                            "messages": [{"role": "user", "content": f"{phase}: what is item {i}?"}]})
+                        assert r.status_code == 200
+                        phases.setdefault(phase, []).append(time.perf_counter() - t0)
+                run("healthy", args.n)
+                os.kill(redis._proc.pid, signal.SIGSTOP)
+                run("hung_first_request", 1)
+                run("hung_breaker_open", args.n)
+                os.kill(redis._proc.pid, signal.SIGCONT)
+                time.sleep(2.5)  # past the cooldown: the next request is the probe
+                run("recovered", args.n)
+        finally:
+            stack.stop()
+    out = {"machine": machine.describe(), "command": " ".join(sys.argv), "service_ms": args.service_ms,
+           "phases": {k: _summary(v) for k, v in phases.items()}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fleet_breaker.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out["phases"], indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
-    for name in ("load", "soak"):
+    for name in ("load", "soak", "replicas", "breaker"):
         p = sub.add_parser(name)
         p.add_argument("--service-ms", type=float, default=4.0)
         p.add_argument("--hit-ratio", type=float, default=0.3)
@@ -209,8 +299,10 @@ def main() -> None:
     sub.choices["load"].add_argument("--bound-ms", type=float, default=20.0)
     sub.choices["soak"].add_argument("--rate", type=float, default=25.0)
     sub.choices["soak"].add_argument("--seconds", type=float, default=600.0)
+    sub.choices["replicas"].add_argument("--n", type=int, default=200)
+    sub.choices["breaker"].add_argument("--n", type=int, default=100)
     args = parser.parse_args()
-    load(args) if args.mode == "load" else soak(args)
+    {"load": load, "soak": soak, "replicas": replicas, "breaker": breaker}[args.mode](args)
 
 
 if __name__ == "__main__":
