@@ -6,7 +6,10 @@ Entries are real all-MiniLM-L6-v2 embeddings of distinct QQP questions (bulk-enc
 fp32 reference; queries with embedding included use the int8 ONNX hot-path encoder).
 Miss path: in-memory HNSW search of a question that is not cached (no Redis round-trip).
 Hit path: search of a cached question + one pipelined Redis round-trip (answer + hit count).
-Both are timed without and with the query's embedding. Writes cache_lookup.json/.png.
+Both are timed without and with the query's embedding. Verified hit path (`--verifier`,
+default guarded_learned): top-4 candidates from the index, the verifier compares the query's
+text with each candidate's stored question, then the Redis round-trip; timed with the
+embedding (the added latency of a hit). Writes cache_lookup.json/.png.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +26,12 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from bench import data, plotting
+from bench.verified_cache import cpu_flags
 from bench.threshold_study import encode_all
 from controller import embeddings
 from controller.cache import SemanticCache
 from controller.redis_server import EmbeddedRedis
-from policies.schema import parse_policies
+from policies.schema import VerifierSetting, parse_policies
 
 ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 400}, "finish_reason": "stop"}]}
 
@@ -47,7 +52,7 @@ def pct(xs: list[float]) -> dict[str, float]:
 
 
 async def run_size(url: str, size: int, vecs: np.ndarray, texts: list[str], probe: np.ndarray,
-                   probe_texts: list[str], encoder, n_queries: int) -> dict:
+                   probe_texts: list[str], encoder, n_queries: int, verifier: VerifierSetting) -> dict:
     config = parse_policies(
         f"default_category: qa\ncategories:\n  - name: qa\n    policy: "
         f"{{similarity_threshold: 0.9, ttl_seconds: 3600, max_entries: {size}}}\n", "bench")
@@ -59,8 +64,8 @@ async def run_size(url: str, size: int, vecs: np.ndarray, texts: list[str], prob
         await cache.store("qa", "p", "t", vecs[i], texts[i], ANSWER, 3600, {})
     fill_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    miss_t, hit_t, miss_e, hit_e = [], [], [], []
-    misses = hits = 0
+    miss_t, hit_t, miss_e, hit_e, hit_v = [], [], [], [], []
+    misses = hits = verified = 0
     for q in range(n_queries):
         j = int(rng.integers(len(probe)))
         t0 = time.perf_counter()
@@ -79,11 +84,17 @@ async def run_size(url: str, size: int, vecs: np.ndarray, texts: list[str], prob
             t0 = time.perf_counter()
             await cache.lookup("qa", "p", encoder.encode([texts[i]])[0], 0.5)
             hit_e.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            res = await cache.lookup("qa", "p", encoder.encode([texts[i]])[0], 0.5, query=texts[i], verifier=verifier)
+            hit_v.append(time.perf_counter() - t0)
+            verified += res is not None
     info = await client.info("memory")
     await client.aclose()
     return {"entries": size, "fill_seconds": fill_s, "miss_rate_check": misses / n_queries,
             "hit_rate_check": hits / n_queries, "miss": pct(miss_t), "hit": pct(hit_t),
             "miss_with_embedding": pct(miss_e), "hit_with_embedding": pct(hit_e),
+            "verified_hit_with_embedding": pct(hit_v), "verified_hit_rate_check": verified / len(hit_v),
+            "verifier": verifier.model_dump(),
             "redis_used_memory_mb": info["used_memory"] / 2**20}
 
 
@@ -92,7 +103,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--verifier", default="guarded_learned", help="verifier of the verified hit path")
+    parser.add_argument("--top-k", type=int, default=4)
     args = parser.parse_args()
+    verifier = VerifierSetting(name=args.verifier, top_k=args.top_k, min_score=0.0)
     sizes = [int(s) for s in args.sizes.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,17 +123,18 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
         for size in sizes:
-            row = asyncio.run(run_size(server.url, size, stored, texts, probe, texts[-2000:], encoder, args.queries))
+            row = asyncio.run(run_size(server.url, size, stored, texts, probe, texts[-2000:], encoder, args.queries, verifier))
             print(json.dumps(row))
             results.append(row)
-    (out / "cache_lookup.json").write_text(json.dumps({"encoder": encoder.name, "results": results}, indent=1))
+    (out / "cache_lookup.json").write_text(json.dumps({"encoder": encoder.name, "cpu_count": os.cpu_count(),
+                                                       "cpu_flags": cpu_flags(), "results": results}, indent=1))
     plot(results, out / "cache_lookup.png")
 
 
 def plot(results: list[dict], path: Path) -> None:
     fig, ax = plotting.subplots(figsize=(7, 4.5))
     xs = [r["entries"] for r in results]
-    for key in ("miss", "hit", "miss_with_embedding", "hit_with_embedding"):
+    for key in ("miss", "hit", "miss_with_embedding", "hit_with_embedding", "verified_hit_with_embedding"):
         ax.plot(xs, [r[key]["p50_ms"] for r in results], "o-", label=f"{key} p50")
         ax.plot(xs, [r[key]["p99_ms"] for r in results], "x--", label=f"{key} p99")
     ax.axhline(2, color="grey", lw=0.8)

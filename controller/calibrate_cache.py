@@ -5,7 +5,9 @@ setting (controller.verify.calibrate) that serve the most labelled repeats/parap
 the 95 % upper limit of the false-hit rate stays within the bound, and writes them, with what
 they measured, into a copy of the policy file. A category whose labelled data cannot show its
 bound keeps its old setting and is reported as refused, with the reason (exit status 2).
-Pairs without a "category" are assigned one by the policy's own classifier.
+The bound holds for all negatives together and for each "kind" of negative (negation, entity
+swap, ...) that has enough pairs to show it. Pairs without a "category" are assigned one by the
+policy's own classifier.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    "are not carried over)")
     p.add_argument("--max-false-hit-rate", type=float, default=None,
                    help="bound for categories that declare none (default: only calibrate those that do)")
+    p.add_argument("--pooled", action="store_true",
+                   help="bound the false-hit rate of all negatives together only, not of each kind of negative")
     p.add_argument("--encoder", default="minilm-int8-onnx", help="query embedding model (as served)")
 
 
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     scores = calibrate.verifier_scores(records, sims)
     labels = np.array([r["label"] for r in records])
     cats = np.array([r["category"] for r in records])
+    kinds = np.array([r["kind"] for r in records])  # the bound holds per kind of negative, too
 
     data = yaml.safe_load(config_path.read_text())
     refused = 0
@@ -67,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         mask = cats == name
         try:
-            point = calibrate.calibrate(sims[mask], labels[mask], {k: v[mask] for k, v in scores.items()}, bound)
+            point = calibrate.calibrate(sims[mask], labels[mask], {k: v[mask] for k, v in scores.items()}, bound,
+                                        kinds=None if args.pooled else kinds[mask])
         except calibrate.Refusal as exc:
             refused += 1
             print(f"{name}: REFUSED (max_false_hit_rate {bound}, {int(mask.sum())} labelled pairs): {exc}",

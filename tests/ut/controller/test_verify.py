@@ -101,3 +101,20 @@ def test_calibrate_meets_the_bound_or_refuses():
     with pytest.raises(calibrate.Refusal, match="needs >= 299"):
         calibrate.calibrate(sims[:600], labels[:600], {"threshold": np.ones(600)}, 0.01)
     assert math.isclose(point.recall, (accept & labels).sum() / 500)
+
+
+def test_bound_holds_per_kind_of_negative():
+    """Pooled, a rare-but-easy kind dilutes a common-but-hard one; per kind, it cannot."""
+    rng = np.random.default_rng(1)
+    labels = np.array([True] * 400 + [False] * 3000 + [False] * 400)
+    kinds = np.array(["repeat"] * 400 + ["easy"] * 3000 + ["hard"] * 400)
+    sims = np.concatenate([rng.uniform(0.85, 1.0, 400), rng.uniform(0.0, 0.5, 3000), rng.uniform(0.5, 0.96, 400)])
+    ones = {"threshold": np.ones(labels.size)}
+    pooled = calibrate.calibrate(sims, labels, ones, 0.01)
+    per_kind = calibrate.calibrate(sims, labels, ones, 0.01, kinds=kinds)
+    def hard_false_hits(p: calibrate.OperatingPoint) -> int:
+        return int(((sims >= p.threshold) & (kinds == "hard")).sum())
+
+    assert hard_false_hits(pooled) / 400 > 0.01  # pooled: 3,400 negatives leave room for ~20 hard ones
+    assert calibrate.upper_bound(hard_false_hits(per_kind), 400) <= 0.01
+    assert per_kind.recall < pooled.recall
