@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=train_classifier.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     ))
 
-    # Lazy: these modules import numpy and yaml only (the commands import the rest when run).
+    # numpy and yaml only: the commands import encoders and models when run (`check` stays light).
     from controller import calibrate_cache
     from controller.verify import __main__ as verify_main
 

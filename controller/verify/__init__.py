@@ -38,6 +38,18 @@ def load(name: str) -> Verifier:
     return VERIFIERS[name]()
 
 
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def score(verifier: Verifier, query: str, stored: str, similarity: float) -> float:
+    """The verifier's score, but 1.0 for the same text up to case and spacing: a repeat is the
+    same question whatever a learned scorer makes of its length."""
+    if _normalised(query) == _normalised(stored):
+        return 1.0
+    return verifier.score(query, stored, similarity)
+
+
 def choose(verifier: Verifier, min_score: float, query: str,
            candidates: Sequence[tuple[str, float]]) -> int | None:
     """Index of the accepted candidate among (stored question, similarity), or None.
@@ -46,11 +58,11 @@ def choose(verifier: Verifier, min_score: float, query: str,
     """
     best, best_key = None, None
     for i, (stored, similarity) in enumerate(candidates):
-        s = verifier.score(query, stored, similarity)
+        s = score(verifier, query, stored, similarity)
         if s >= min_score and (best_key is None or (s, similarity) > best_key):
             best, best_key = i, (s, similarity)
     return best
 
 
 __all__ = ["VERIFIERS", "GuardVerifier", "GuardedLearnedVerifier", "LearnedVerifier", "ThresholdVerifier",
-           "Verifier", "choose", "load"]
+           "Verifier", "choose", "load", "score"]

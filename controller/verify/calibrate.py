@@ -85,7 +85,7 @@ def verifier_scores(records: list[dict], sims: np.ndarray, names: Iterable[str] 
     out = {}
     for name in names:
         v = verify.load(name)
-        out[name] = np.array([v.score(r["query"], r["stored"], float(s)) for r, s in zip(records, sims)])
+        out[name] = np.array([verify.score(v, r["query"], r["stored"], float(s)) for r, s in zip(records, sims)])
     return out
 
 

@@ -118,3 +118,12 @@ def test_bound_holds_per_kind_of_negative():
     assert hard_false_hits(pooled) / 400 > 0.01  # pooled: 3,400 negatives leave room for ~20 hard ones
     assert calibrate.upper_bound(hard_false_hits(per_kind), 400) <= 0.01
     assert per_kind.recall < pooled.recall
+
+
+@pytest.mark.parametrize("name", list(verify.VERIFIERS))
+def test_an_exact_repeat_is_always_accepted(name):
+    """Whatever a scorer makes of a long prompt, the same text (case and spacing aside) is a hit."""
+    long_prompt = hn.data.humaneval_prompts()[0]
+    v = verify.load(name)
+    for text in (long_prompt, "Hi", "What is the capital of France?"):
+        assert verify.choose(v, 1.0, "  " + text.upper() + " ", [(text, 0.99)]) == 0
