@@ -115,7 +115,8 @@ def test_invalid_reload_keeps_old_policy(vllm_server, start_controller, policies
     assert refused.status_code == 422 and "max_entries" in refused.json()["error"]["message"]
     assert ask(ctl.url, "What is 17 times 23?", max_tokens=8).status_code == 200
     assert httpx.post(ctl.url + "/admin/reload", timeout=30).status_code == 401
-    config.write_text(policies_path.read_text().replace("similarity_threshold: 0.99, ttl_seconds: 604800", "similarity_threshold: 0.5, ttl_seconds: 604800"))
+    config.write_text(policies_path.read_text().replace("similarity_threshold: 0.96, max_false_hit_rate: 0.01, ttl_seconds: 604800",
+                                                        "similarity_threshold: 0.5, max_false_hit_rate: 0.01, ttl_seconds: 604800"))
     assert httpx.post(ctl.url + "/admin/reload", headers=admin, timeout=30).status_code == 200
     assert ctl.app.state.ctl.snapshot.config.category("math").policy.similarity_threshold == 0.5
     gone = httpx.post(ctl.url + "/admin/invalidate", headers=admin, json={"category": "math"}, timeout=30)
@@ -181,8 +182,8 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
     downstream of the level is real: the controller's decision, the request, vLLM's plugin."""
     config = policy_copy
     original = policies_path.read_text()
-    text = original.replace("load: {threshold_floor: 0.8, ttl_max_seconds: 14400}}",
-                            "load: {threshold_floor: 0.8, ttl_max_seconds: 7200, profile_ladder: [fast, fastest]}}")
+    text = original.replace("load: {threshold_floor: 0.69, ttl_max_seconds: 14400}}",
+                            "load: {threshold_floor: 0.69, ttl_max_seconds: 7200, profile_ladder: [fast, fastest]}}")
     assert text != original
     config.write_text(text.replace("scrape_interval_seconds: 2.0", "scrape_interval_seconds: 3600"))
     ctl = start_controller([vllm_server], config_path=config)
@@ -197,7 +198,7 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
 
     ctl.app.state.ctl.load.level = 1  # brownout
     effective = httpx.get(ctl.url + "/admin/effective", headers=admin, timeout=30).json()["categories"]["chat"]
-    assert effective == {"level": 1, "threshold": pytest.approx(0.83 - 0.03 / 3), "ttl_seconds": 4800,
+    assert effective == {"level": 1, "threshold": pytest.approx(0.69), "ttl_seconds": 4800,  # floor = threshold
                          "compute_profile": "fast"}
     before = calls()
     reply = ask(ctl.url, "Hello there, how is your day going?", max_tokens=4, **{"vllm_xargs": {}})
