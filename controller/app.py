@@ -120,6 +120,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
         for name, index in ctl.cache.indexes.items():
             ctl.metrics.entries.labels(name).set(len(index.entries))
             ctl.metrics.evictions.labels(name).set(index.quota_evictions)
+            ctl.metrics.verifier_rejections.labels(name).set(ctl.cache.rejections.get(name, 0))
         ctl.metrics.redis_breaker_open.set(int(ctl.cache.redis.is_open))
         ctl.metrics.redis_fast_failures.set(ctl.cache.redis.fast_failures)
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -44,6 +44,10 @@ class Metrics:
         self.evictions = Gauge(
             "adaptive_cache_evictions", "Quota evictions since start", ["category"], registry=r
         )
+        self.verifier_rejections = Gauge(
+            "adaptive_cache_verifier_rejections", "Lookups with candidates above the threshold that the "
+            "verifier all refused (near-misses not served), since start", ["category"], registry=r
+        )
         self.effective_threshold = Gauge(
             "adaptive_effective_similarity_threshold", "Threshold in force (load-adjusted)", ["category"], registry=r
         )
