@@ -47,9 +47,11 @@ async def test_replicas_serve_each_others_answers_and_invalidations(sim_backend,
     assert ask(b.url, "What is the boiling point of liquid number 0?").headers["x-cache"] == "MISS"
 
 
-async def test_quota_is_global_across_replicas(sim_backend, start_controller, redis_client, policies_path, tmp_path):
-    config = tmp_path / "policies.yaml"
-    config.write_text(policies_path.read_text().replace("max_entries: 50000", "max_entries: 3"))
+async def test_quota_is_global_across_replicas(sim_backend, start_controller, redis_client, policy_copy):
+    config = policy_copy
+    text = config.read_text()
+    assert "max_entries: 50000" in text
+    config.write_text(text.replace("max_entries: 50000", "max_entries: 3"))
     a, b = start_controller([sim_backend], config_path=config), start_controller([sim_backend], config_path=config)
     for i in range(7):
         ask((a, b)[i % 2].url, f"Who was the king of country number {i}?")
