@@ -28,8 +28,8 @@ import numpy as np
 
 from bench import plotting
 from controller import embeddings
-from controller.embeddings import Encoder
 from controller.classifier import Classifier, route, strictness
+from controller.embeddings import Encoder
 from controller.snapshot import load_policies
 from controller.train_classifier import FOLDS, SEED, encode, fit, read_rows, report
 from policies.schema import PolicyConfig

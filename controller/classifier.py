@@ -24,9 +24,9 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,8 +34,8 @@ import numpy as np
 from controller.embeddings import Encoder
 from policies.schema import PolicyConfig
 
-FORMAT = 1
 log = logging.getLogger(__name__)
+FORMAT = 1
 ARRAYS = ("weights", "bias", "categories", "meta", "test_probs", "test_labels")
 
 
@@ -120,7 +120,7 @@ def load_model(path: Path, dim: int) -> LinearModel:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise bad(f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {FORMAT}")
     w, b, names = arrays["weights"], arrays["bias"], arrays["categories"]
-    k = len(names)
+    k = len(names) if names.ndim == 1 else 0
     if names.dtype.kind != "U" or k < 2 or len(set(names.tolist())) != k:
         raise bad("categories must be at least two distinct names")
     if w.shape != (k, dim) or b.shape != (k,):

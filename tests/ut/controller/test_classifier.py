@@ -154,6 +154,7 @@ def _broken(tmp_path: Path, model: LinearModel, **arrays) -> Path:
     ({"meta": np.array('{"format": 9}')}, "unsupported format 9"),
     ({"weights": np.full((5, 384), np.nan, np.float32)}, "NaN"),
     ({"categories": np.array(["code", "code", "math", "chat", "factual"])}, "distinct"),
+    ({"categories": np.array("code")}, "distinct"),
     ({"meta": np.array([1.0], dtype=object)}, "not a readable .npz"),
 ])
 def test_bad_weights_file_is_refused(model, tmp_path, encoder, arrays, message):
