@@ -11,7 +11,7 @@ import torch
 
 from vllm_adaptive import profiles
 from vllm_adaptive.kv import KV
-from vllm_adaptive.runtime import Runtime
+from vllm_adaptive.runtime import StepPlan
 
 MODEL = profiles.ModelSpec("LlamaForCausalLM", 30, 576)
 DOC = profiles.ProfileSet.of(MODEL, [profiles.Profile("fast", frozenset({14, 15})),
@@ -81,13 +81,12 @@ def parse_own(doc):
 
 
 def test_runtime_plans_uniform_and_mixed_batches():
-    rt = Runtime()
-    rt.profiles = parse(DOC)
+    rt = StepPlan(parse(DOC))
     rt.plan_batch([{"adaptive_profile": "fastest"}, {"adaptive_profile": "fastest"}], np.array([3, 1]))
-    assert rt.skip_mask(8, 4, torch.device("cpu")) is True and rt.skip_mask(15, 4, torch.device("cpu")) is False
+    assert rt.action(8, 4, torch.device("cpu")) is True and rt.action(15, 4, torch.device("cpu")) is False
     rt.plan_batch([None, {"adaptive_profile": "fastest"}, {"adaptive_profile": "unknown"}], np.array([2, 1, 1]))
     # default 'fast' skips 14, 15; 'fastest' skips 8, 11, 14; unknown names fall back to the default
-    assert rt.skip_mask(14, 4, torch.device("cpu")) is True
-    assert rt.skip_mask(8, 5, torch.device("cpu")).tolist() == [False, False, True, False, False]
-    assert rt.skip_mask(15, 4, torch.device("cpu")).tolist() == [True, True, False, True]
-    assert rt.skip_mask(0, 4, torch.device("cpu")) is False
+    assert rt.action(14, 4, torch.device("cpu")) is True
+    assert rt.action(8, 5, torch.device("cpu")).tolist() == [False, False, True, False, False]
+    assert rt.action(15, 4, torch.device("cpu")).tolist() == [True, True, False, True]
+    assert rt.action(0, 4, torch.device("cpu")) is False
