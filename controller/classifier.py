@@ -7,8 +7,8 @@ Order, first match wins:
    path). When its top probability is below `classifier.confidence_floor`, the query gets the
    strictest policy among `default_category` and the model's two likeliest categories
    (uncacheable first, then the highest similarity threshold; the default wins ties), so
-   uncertainty never loosens a policy: a maths-or-factual query is treated as maths even when
-   the default is factual. The YAML examples are folded into the model's training data
+   uncertainty never loosens a policy: a query that may be time-sensitive is treated as such
+   (uncacheable) even when the default is cacheable. The YAML examples are folded into the model's training data
    (`adaptive-controller train-classifier --policy`), not consulted at run time;
 3. without weights: the category whose YAML example centroid is closest, if at least
    `min_category_similarity`; otherwise `default_category`.
