@@ -80,15 +80,15 @@ def ask(url, content, stream=False, **extra):
 async def test_a_backend_that_never_answers_times_out_and_the_next_one_serves(
         raw_servers, sim_backend, start_controller, redis_client):
     hung = raw_servers(hang)
-    ctl = start_controller([hung.url, sim_backend], upstream_timeout=1.0)
+    ctl = start_controller([hung.url, sim_backend], upstream_timeout=3.0)
     t0 = time.monotonic()
     first = ask(ctl.url, "Who discovered penicillin?")
     waited = time.monotonic() - t0
     assert first.status_code == 200 and first.headers["x-backend"] == sim_backend
-    assert 1.0 <= waited < 10
+    assert 3.0 <= waited < 30
     t0 = time.monotonic()
     second = ask(ctl.url, "Who discovered radium?")
-    assert second.headers["x-backend"] == sim_backend and time.monotonic() - t0 < 1.0  # hung one sits out
+    assert second.headers["x-backend"] == sim_backend and time.monotonic() - t0 < 3.0  # hung one sits out
     assert 'adaptive_upstream_errors_total{backend="%s"} 1.0' % hung.url in httpx.get(ctl.url + "/metrics").text
 
 
