@@ -121,6 +121,12 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
             ctl.metrics.entries.labels(name).set(len(index.entries))
             ctl.metrics.evictions.labels(name).set(index.quota_evictions)
             ctl.metrics.verifier_rejections.labels(name).set(ctl.cache.rejections.get(name, 0))
+        for name, s in ctl.shadow.categories.items():
+            ctl.metrics.shadow_checks.labels(name).set(s.total_checks)
+            ctl.metrics.shadow_false_hits.labels(name).set(s.total_false_hits)
+            ctl.metrics.shadow_false_hit_rate.labels(name).set(s.rate)
+            ctl.metrics.shadow_false_hit_upper.labels(name).set(s.upper)
+            ctl.metrics.shadow_threshold_offset.labels(name).set(s.offset)
         ctl.metrics.redis_breaker_open.set(int(ctl.cache.redis.is_open))
         ctl.metrics.redis_fast_failures.set(ctl.cache.redis.fast_failures)
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)

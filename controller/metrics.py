@@ -44,6 +44,16 @@ class Metrics:
         self.evictions = Gauge(
             "adaptive_cache_evictions", "Quota evictions since start", ["category"], registry=r
         )
+        self.shadow_checks = Gauge("adaptive_shadow_checks", "Served hits also checked against the backend",
+                                   ["category"], registry=r)
+        self.shadow_false_hits = Gauge("adaptive_shadow_false_hits", "Shadow checks whose answers disagreed",
+                                       ["category"], registry=r)
+        self.shadow_false_hit_rate = Gauge(
+            "adaptive_shadow_false_hit_rate", "False-hit estimate since the last threshold change", ["category"], registry=r)
+        self.shadow_false_hit_upper = Gauge(
+            "adaptive_shadow_false_hit_upper", "Its one-sided 95 % upper confidence limit", ["category"], registry=r)
+        self.shadow_threshold_offset = Gauge(
+            "adaptive_shadow_threshold_offset", "Similarity-threshold raise earned by shadow checks", ["category"], registry=r)
         self.verifier_rejections = Gauge(
             "adaptive_cache_verifier_rejections", "Lookups with candidates above the threshold that the "
             "verifier all refused (near-misses not served), since start", ["category"], registry=r

@@ -5,7 +5,10 @@ Every decision comes from controller.plan; this module only carries it out.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +18,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from controller import openai_format as oai
 from controller import plan as planning
+from controller import shadow
 from controller.service import Controller
+from controller.snapshot import PolicySnapshot
+
+log = logging.getLogger("controller.proxy")
 
 
 async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
@@ -44,14 +51,18 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
         assert plan.key is not None and plan.vector is not None
         ctl.metrics.lookups.labels(category).inc()
         t0 = time.perf_counter()
-        hit = await ctl.cache.lookup(category, plan.key.partition, plan.vector, plan.decision.threshold,
-                                     plan.accept_profiles, plan.key.query, snap.policy(category).verifier)
+        policy = snap.policy(category)
+        hit = await ctl.cache.lookup(category, plan.key.partition, plan.vector,
+                                     ctl.shadow.threshold(category, plan.decision.threshold),
+                                     plan.accept_profiles, plan.key.query, policy.verifier)
         ctl.metrics.lookup_seconds.labels(category, "hit" if hit else "miss").observe(time.perf_counter() - t0)
         if hit is not None:
             ctl.metrics.hits.labels(category).inc()
             ctl.metrics.hit_similarity.labels(category).observe(hit.similarity)
             info |= {"x-cache": "HIT", "x-cache-similarity": f"{hit.similarity:.4f}"}
             response = oai.fresh_copy(hit.response)
+            if policy.shadow.fraction and random.random() < policy.shadow.fraction:
+                ctl.spawn(_shadow_check(ctl, snap, plan, endpoint, hit.response, list(request.headers.items())))
             if plan.stream:
                 return StreamingResponse(_iter(oai.replay_stream(endpoint, response)),
                                          media_type="text/event-stream", headers=info)
@@ -81,6 +92,23 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
 def _not_json(token: str) -> Any:
     """NaN and Infinity are not JSON (Python accepts them; the backend request could not be sent)."""
     raise ValueError(f"{token} is not valid JSON")
+
+
+async def _shadow_check(ctl: Controller, snap: PolicySnapshot, plan: planning.RequestPlan, endpoint: str,
+                        cached: dict[str, Any], headers: list[tuple[str, str]]) -> None:
+    """Ask the backend too (after the hit was served) and record whether the answers agree."""
+    policy = snap.policy(plan.category)
+
+    async def compare(fresh: dict[str, Any]) -> None:
+        same = await asyncio.to_thread(shadow.same_answer, shadow.answer_text(cached), shadow.answer_text(fresh),
+                                       ctl.encoder.encode, policy.shadow.min_answer_similarity)
+        ctl.shadow.record(plan.category, not same, policy.max_false_hit_rate)
+
+    try:
+        await ctl.upstream.forward(plan.path, endpoint, {**plan.upstream_body, "stream": False}, headers, {},
+                                   snap.config.load_policy, compare)
+    except Exception:  # a shadow check never affects serving
+        log.exception("shadow check failed")
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

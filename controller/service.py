@@ -19,6 +19,7 @@ from controller.cache import SemanticCache
 from controller.embeddings import Encoder
 from controller.load_monitor import LoadTracker
 from controller.metrics import Metrics
+from controller.shadow import ShadowMonitor
 from controller.snapshot import PolicySnapshot, build_snapshot
 from controller.upstream import Upstream
 from policies.schema import PolicyError
@@ -53,6 +54,14 @@ class Controller:
         self.upstream = upstream
         self.metrics = metrics
         self.load = LoadTracker()
+        self.shadow = ShadowMonitor()  # per-category evidence from shadow checks, kept across reloads
+        self._background: set[asyncio.Task] = set()
+
+    def spawn(self, work) -> None:
+        """Run `work` (a coroutine) after the response, keeping a reference until it is done."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def on_scrape(self) -> None:
         """Fresh backend loads (called by the load monitor after each round of scrapes)."""

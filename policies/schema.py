@@ -87,6 +87,15 @@ class QualityBound(_Strict):
         return self
 
 
+class ShadowSetting(_Strict):
+    """Online check of served hits against fresh backend answers (controller.shadow)."""
+
+    fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="share of would-be hits also sent to the backend")
+    min_answer_similarity: float = Field(
+        default=0.9, ge=0.0, le=1.0, description="fresh and cached answers at least this alike (embeddings) agree",
+    )
+
+
 class CategoryPolicy(_Strict):
     """How the cache treats one category."""
 
@@ -99,6 +108,10 @@ class CategoryPolicy(_Strict):
         "`calibrate-cache` sets similarity_threshold and verifier to meet it",
     )
     verifier: VerifierSetting = Field(default_factory=VerifierSetting)
+    shadow: ShadowSetting = Field(
+        default_factory=ShadowSetting,
+        description="shadow checks; with max_false_hit_rate, a category that exceeds it tightens itself",
+    )
     ttl_seconds: int = Field(gt=0, description="lifetime of an entry (Redis native TTL)")
     max_entries: int = Field(gt=0, description="quota: entries kept before eviction")
     cacheable: bool = True
