@@ -101,7 +101,8 @@ async def _shadow_check(ctl: Controller, snap: PolicySnapshot, plan: planning.Re
 
     async def compare(fresh: dict[str, Any]) -> None:
         same = await asyncio.to_thread(shadow.same_answer, shadow.answer_text(cached), shadow.answer_text(fresh),
-                                       ctl.encoder.encode, policy.shadow.min_answer_similarity)
+                                       ctl.encoder.encode, policy.shadow.min_answer_similarity,
+                                       plan.key is not None and plan.key.temperature == 0)
         ctl.shadow.record(plan.category, not same, policy.max_false_hit_rate)
 
     try:

@@ -1,8 +1,8 @@
 """Online shadow check: is a category's cache still within its error bound on live traffic?
 
 A configurable share (`shadow.fraction`) of would-be hits is also sent to the backend; the fresh
-answer is compared with the cached one (same text up to case and spacing, else embeddings at
-least `shadow.min_answer_similarity` alike). Each category keeps a false-hit estimate with its
+answer is compared with the cached one (greedy requests: the same text up to case and spacing;
+sampled ones: embeddings at least `shadow.min_answer_similarity` alike). Each category keeps a false-hit estimate with its
 one-sided 95 % upper confidence limit (controller.verify.calibrate.upper_bound), on /metrics.
 
 Self-tightening: a mismatch that leaves the upper limit above `max_false_hit_rate` raises the
@@ -82,10 +82,15 @@ def answer_text(response: dict) -> str:
     return str((first.get("message") or {}).get("content") or first.get("text") or "")
 
 
-def same_answer(cached: str, fresh: str, encode: Callable[[list[str]], np.ndarray], min_similarity: float) -> bool:
-    """Same text up to case and spacing (what a greedy answer to the same question gives), else
-    embeddings at least `min_similarity` alike (sampled answers, or a rephrased greedy one)."""
+def same_answer(cached: str, fresh: str, encode: Callable[[list[str]], np.ndarray], min_similarity: float,
+                greedy: bool) -> bool:
+    """Greedy requests: the same text up to case and spacing (greedy decoding of the same question
+    gives the same answer; a paraphrase hit whose fresh answer is worded differently counts as a
+    false hit, so the estimate errs on the safe side). Sampled requests: embeddings at least
+    `min_similarity` alike."""
     if " ".join(cached.split()).casefold() == " ".join(fresh.split()).casefold():
         return True
+    if greedy:
+        return False
     a, b = encode([cached, fresh])
     return float(a @ b) >= min_similarity

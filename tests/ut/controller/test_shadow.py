@@ -45,8 +45,11 @@ def test_answers_compared_exactly_then_by_meaning(encoder):
     completion = {"choices": [{"text": "vienna   is the capital."}]}
     assert answer_text(chat) == "Vienna is the capital." and answer_text({"choices": []}) == ""
     never = lambda texts: (_ for _ in ()).throw(AssertionError("no embedding needed"))  # noqa: E731
-    assert same_answer(answer_text(chat), answer_text(completion), never, 0.9)
-    assert same_answer("Vienna is the capital of Austria.", "The capital of Austria is Vienna.", encoder.encode, 0.9)
+    assert same_answer(answer_text(chat), answer_text(completion), never, 0.9, greedy=True)
+    # greedy: another wording is another answer; sampled: compared by meaning
+    assert not same_answer("Vienna is the capital of Austria.", "The capital of Austria is Vienna.", never, 0.9, True)
+    assert same_answer("Vienna is the capital of Austria.", "The capital of Austria is Vienna.", encoder.encode, 0.9,
+                       greedy=False)
     assert not same_answer("Vienna is the capital of Austria.", "Canberra is the capital of Australia.",
-                           encoder.encode, 0.9)
+                           encoder.encode, 0.9, greedy=False)
     assert isinstance(encoder.encode(["x"]), np.ndarray)
