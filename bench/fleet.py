@@ -182,6 +182,8 @@ async def soak_run(url: str, pid: int, rate: float, seconds: float, hit_ratio: f
         samples.append({"t": (i + 1) * every, **sample(pid)})
     return {"rate": rate, "seconds": seconds, "samples": samples,
             "sent": sum(w["sent"] for w in windows), "errors": sum(w["errors"] for w in windows),
+            "error_kinds": sorted({k for w in windows for k in w["error_kinds"]}),
+            "load_average": os.getloadavg(),
             "p99_ms_per_window": [max(v["p99_ms"] for v in w["latency"].values()) for w in windows]}
 
 
