@@ -104,6 +104,9 @@ def policy_variant(path: Path, out: Path, load: bool, factual_floor: float | Non
             continue
         if cat["name"] in ("chat", "code", "factual"):
             policy.setdefault("load", {})["profile_ladder"] = LADDER
+            # this bench measures what the ladder costs; the example's per-category bounds refuse it
+            # (calibrated-2 is +23..57 % answer perplexity per category: configs/policies.yaml)
+            policy.pop("max_quality_loss", None)
         if factual_floor is not None and cat["name"] == "factual":
             policy["load"]["threshold_floor"] = factual_floor
     out.write_text(yaml.safe_dump(doc))

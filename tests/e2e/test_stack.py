@@ -185,7 +185,8 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
     text = original.replace("load: {threshold_floor: 0.69, ttl_max_seconds: 14400}}",
                             "load: {threshold_floor: 0.69, ttl_max_seconds: 7200, profile_ladder: [fast, fastest]}}")
     assert text != original
-    config.write_text(text.replace("scrape_interval_seconds: 2.0", "scrape_interval_seconds: 3600"))
+    config.write_text(text.replace("scrape_interval_seconds: 2.0", "scrape_interval_seconds: 3600")
+                      .replace(", max_quality_loss: {delta_ppl_pct: 20, min_answer_similarity: 0.6}", ""))  # unmeasured
     ctl = start_controller([vllm_server], config_path=config)
     admin = {"X-Admin-Token": ctl.admin_token}
     effective = httpx.get(ctl.url + "/admin/effective", headers=admin, timeout=30).json()
