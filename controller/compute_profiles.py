@@ -73,7 +73,7 @@ def suggestions(config: PolicyConfig, path: Path, default_bound: QualityBound | 
             figures = measured.get(name, {}).get(category, {})
             shown = ", ".join(f"{k} {figures[k]:.3g}" for k in ("delta_ppl_pct", "top1_agreement", "answer_exact_match",
                                                                   "answer_similarity") if k in figures)
-            tag = "proposed compute_profile" if rank == 0 else "ladder candidate"
+            tag = "proposed compute_profile" if rank == 0 else "also within the bound"
             lines.append(f"  {name:<16} runs {cost[name]:.0%} of the layers  {shown}  <- {tag}")
         if fits == ["full"]:
             lines.append("  (no profile that skips layers is within the bound)")
