@@ -43,3 +43,25 @@ def test_calibrate_measures_and_guards_quality(smollm2_dir, tmp_path):
     inspect = subprocess.run([sys.executable, "-m", "vllm_adaptive.cli", "inspect", str(out), "--model", str(smollm2_dir)],
                              capture_output=True, text=True, timeout=120)
     assert inspect.returncode == 0 and "valid for" in inspect.stdout
+
+
+def test_calibrate_per_category_on_smollm2(smollm2_dir, tmp_path):
+    """A real skip set on real category data: answers get worse than full's, by a measured amount."""
+    from vllm_adaptive.profiles import ModelSpec, Profile, ProfileSet
+
+    model = ModelSpec.from_folder(smollm2_dir)
+    ProfileSet.of(model, [Profile("skip2", frozenset({5, 14}))]).dump(tmp_path / "in.json")
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "vllm_adaptive.cli", "calibrate", str(smollm2_dir), "--profiles", str(tmp_path / "in.json"),
+           "--out", str(out), "--category-data", "code=humaneval,factual=sharegpt-factual", "--category-examples", "3",
+           "--category-greedy-prompts", "2", "--category-new-tokens", "8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = ProfileSet.load(out, model)
+    record = table.sections["category_calibration"]["categories"]
+    assert record["code"]["source"] == "humaneval" and record["code"]["chat_template"] is False
+    assert record["factual"]["chat_template"] is True and record["factual"]["examples"] == 3
+    for category in ("code", "factual"):
+        skip = table.get("skip2").categories[category]
+        assert skip["delta_ppl_pct"] > 0 and 0 < skip["top1_agreement"] < 1
+        assert table.get("full").categories[category]["answer_similarity"] == 1
