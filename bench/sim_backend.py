@@ -23,6 +23,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -34,7 +35,7 @@ def _sse(obj: dict[str, Any] | str) -> bytes:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
 
 
-def _message(body: dict[str, Any], question: str) -> dict[str, Any]:
+def _message(body: dict[str, Any], question: str, answers: dict[str, str] | None = None) -> dict[str, Any]:
     """The assistant message vLLM would produce (a tool call when one is required)."""
     tools = body.get("tools") or []
     if body.get("tool_choice") == "required" and tools:
@@ -42,7 +43,7 @@ def _message(body: dict[str, Any], question: str) -> dict[str, Any]:
         call = {"id": f"chatcmpl-tool-{abs(hash(question)) % 10**8}", "type": "function",
                 "function": {"name": name, "arguments": json.dumps({"query": question})}}
         return {"role": "assistant", "content": None, "tool_calls": [call]}
-    return {"role": "assistant", "content": f"ANSWER: {question}"}
+    return {"role": "assistant", "content": f"ANSWER: {(answers or {}).get(question, question)}"}
 
 
 def _chunks(rid: str, model: str, message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -70,7 +71,9 @@ def _bad_request(exc: Exception) -> Response:
                     status_code=400, media_type="application/json")
 
 
-def build(slots: int, service_seconds: float, speedups: dict[str, float] | None = None) -> FastAPI:
+def build(slots: int, service_seconds: float, speedups: dict[str, float] | None = None,
+          answers: dict[str, str] | None = None) -> FastAPI:
+    """`answers`: question -> what to echo instead (an oracle: equivalent questions, one answer)."""
     app = FastAPI()
     sem = asyncio.Semaphore(slots)
     state: dict[str, Any] = {"waiting": 0, "running": 0, "served": 0}
@@ -95,7 +98,7 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
         try:  # what vLLM's request validation refuses with a 400
             body = await request.json()
             question = str(body["messages"][-1]["content"])
-            message = _message(body, question)
+            message = _message(body, question, answers)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return _bad_request(exc)
         await serve(body)
@@ -152,6 +155,9 @@ if __name__ == "__main__":
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--service-seconds", type=float, default=0.4)
     parser.add_argument("--profile-speedup", default="", help="NAME=FACTOR,... (default: every profile 1.0)")
+    parser.add_argument("--answers", default=None, help="JSON file {question: answer key}: equivalent questions, one answer")
     args = parser.parse_args()
+    answers = json.loads(Path(args.answers).read_text()) if args.answers else None
     speedups = {k: float(v) for k, v in (item.split("=") for item in args.profile_speedup.split(",") if item)}
-    uvicorn.run(build(args.slots, args.service_seconds, speedups), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(build(args.slots, args.service_seconds, speedups, answers), host="127.0.0.1", port=args.port,
+                log_level="warning")
