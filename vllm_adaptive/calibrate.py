@@ -397,9 +397,12 @@ def measure_categories(m: SkippableModel, tok, variants: dict[str, Variant],
 
 
 def with_categories(m: SkippableModel, tok, table: profiles.ProfileSet, s: CategorySettings) -> profiles.ProfileSet:
-    """`table` with every profile measured on every category of `s` (recorded in the file)."""
+    """`table` with every profile measured on every category of `s` (recorded in the file); categories
+    measured before and not named again are kept, so categories can be added one run at a time."""
     measured, record = measure_categories(m, tok, {n: Variant.of(p) for n, p in table.profiles.items()}, s)
-    return replace(table, profiles={n: replace(p, categories=measured[n]) for n, p in table.profiles.items()},
+    before = table.sections.get("category_calibration", {}).get("categories", {})
+    record["categories"] = before | record["categories"]
+    return replace(table, profiles={n: replace(p, categories=p.categories | measured[n]) for n, p in table.profiles.items()},
                    sections=table.sections | {"category_calibration": record})
 
 

@@ -11,6 +11,8 @@ offline, shipped as Python packages or with Python itself):
 * ``sharegpt-factual`` - ShareGPT first turns that *are* short who/what/when/where/which/how-many
                          questions, with the recorded reply. (Real questions with real answers; QQP has
                          questions only, and grading the model against its own answers would be circular.)
+* ``champ``            - CHAMP competition maths problems with their written step-by-step solutions
+                         and final answer (`champ-dataset` package, MIT); a user turn (chat template).
 * ``pydoc``            - Python's documentation (pydoc_data.topics, the odd "eval" half): the first
                          ~400 characters of a topic as prompt, the next ~600 as answer; no template.
 * a ``.jsonl`` file    - one {"prompt": ..., "answer": ...} object a line (the user's own traffic);
@@ -109,6 +111,18 @@ def _humaneval(n: int, rng: random.Random) -> list[Example]:
     return _draw([Example(r["prompt"], r["canonical_solution"], chat=False) for r in rows], n, rng, "humaneval")
 
 
+def _champ(n: int, rng: random.Random) -> list[Example]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("champ_dataset")
+    if spec is None or spec.origin is None:
+        raise CategoryDataError("math source missing: pip install --no-deps champ-dataset==1.0.0")
+    problems = json.loads((Path(spec.origin).parent / "dataset_files" / "v0.json").read_text())["problems"]
+    pool = [Example(p["_text"], " ".join(step["_text"] for step in p["solution"]["steps"]) + f" The answer is {p['_answer']}.",
+                    chat=True) for _, p in sorted(problems.items())]
+    return _draw(pool, n, rng, "champ")
+
+
 def _cut(text: str, at: int) -> int:
     """Index of the first whitespace at or after `at` (so no word is split)."""
     match = re.compile(r"\s").search(text, at)
@@ -158,6 +172,7 @@ SOURCES: dict[str, Callable[[int, random.Random], list[Example]]] = {
     "sharegpt-chat": lambda n, rng: _sharegpt(False, n, rng),
     "sharegpt-factual": lambda n, rng: _sharegpt(True, n, rng),
     "pydoc": _pydoc,
+    "champ": _champ,
 }
 
 

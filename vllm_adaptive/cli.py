@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--kv-eval-chunks", type=int, default=4, help="long chunks of held-back text for KV")
     cal.add_argument("--category-data", default="", metavar="NAME=SOURCE,...",
                      help="also measure every profile on each traffic category's own prompts and answers; SOURCE: "
-                     "humaneval, sharegpt-chat, sharegpt-factual, pydoc or a .jsonl file of {\"prompt\", \"answer\"} "
+                     "humaneval, sharegpt-chat, sharegpt-factual, champ, pydoc or a .jsonl file of {\"prompt\", \"answer\"} "
                      "(e.g. code=humaneval,chat=sharegpt-chat,factual=sharegpt-factual,prose=pydoc)")
     cal.add_argument("--category-examples", type=int, default=32, help="prompt/answer pairs per category")
     cal.add_argument("--category-greedy-prompts", type=int, default=8,

@@ -87,3 +87,15 @@ def test_bad_jsonl_rows_name_file_and_line(tmp_path):
     path.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(category_data.CategoryDataError, match=r"rows.jsonl:2: expected"):
         category_data.load_examples(str(path), 4)
+
+
+def test_categories_are_added_one_run_at_a_time(tiny, tiny_llama_dir, tmp_path):
+    m, tok = tiny
+    (tmp_path / "a.jsonl").write_text('{"prompt": "Say a.", "answer": "a a a"}\n')
+    table = ProfileSet.of(ModelSpec.from_folder(tiny_llama_dir), [Profile("skip0", frozenset({0}))])
+    settings = {"examples": 1, "greedy_prompts": 1, "new_tokens": 2}
+    first = calibrate.with_categories(m, tok, table, calibrate.CategorySettings({"a": str(tmp_path / "a.jsonl")}, **settings))
+    both = calibrate.with_categories(m, tok, first, calibrate.CategorySettings({"b": "pydoc"}, **settings))
+    assert set(both.get("skip0").categories) == {"a", "b"}
+    assert both.get("skip0").categories["a"] == first.get("skip0").categories["a"]
+    assert set(both.sections["category_calibration"]["categories"]) == {"a", "b"}
