@@ -34,10 +34,10 @@ METRICS = ("adaptive_shadow_checks", "adaptive_shadow_false_hits", "adaptive_sha
            "adaptive_shadow_false_hit_upper", "adaptive_shadow_threshold_offset")
 
 
-def policy(threshold: float, fraction: float, bound: float) -> str:
+def policy(threshold: float, fraction: float, bound: float, verifier: str, min_score: float) -> str:
     return (f"default_category: qa\ncategories:\n  - name: qa\n    policy: {{similarity_threshold: {threshold}, "
             f"max_false_hit_rate: {bound}, ttl_seconds: 86400, max_entries: 100000, "
-            f"shadow: {{fraction: {fraction}}}}}\n")
+            f"verifier: {{name: {verifier}, min_score: {min_score}}}, shadow: {{fraction: {fraction}}}}}\n")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -56,10 +56,14 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5, help="shadow.fraction")
     parser.add_argument("--bound", type=float, default=0.01)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--verifier", default="threshold", help="verifier of the category (default: none)")
+    parser.add_argument("--min-score", type=float, default=1.0)
+    parser.add_argument("--tag", default="", help="suffix of the output files")
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
     if args.replot:
-        plot(json.loads((Path(args.out) / "shadow_check.json").read_text()), Path(args.out) / "shadow_check.png")
+        name = f"shadow_check{args.tag}"
+        plot(json.loads((Path(args.out) / f"{name}.json").read_text()), Path(args.out) / f"{name}.png")
         return
     records = [r for r in read(Path("bench/results/hard_negatives/heldback.jsonl.gz")) if r["category"] != "chat"]
     records = random.Random(0).sample(records, min(args.pairs, len(records)))
@@ -70,7 +74,7 @@ def main() -> None:
     rows, truth = [], []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "answers.json").write_text(json.dumps(answers))
-        (Path(tmp) / "policy.yaml").write_text(policy(args.threshold, args.fraction, args.bound))
+        (Path(tmp) / "policy.yaml").write_text(policy(args.threshold, args.fraction, args.bound, args.verifier, args.min_score))
         be_port, ctl_port = free_port(), free_port()
         backend = subprocess.Popen([sys.executable, "-m", "bench.sim_backend", "--port", str(be_port), "--slots", "64",
                                     "--service-seconds", "0", "--answers", str(Path(tmp) / "answers.json")],
@@ -106,9 +110,10 @@ def main() -> None:
             stop_group(backend)
     out = Path(args.out)
     result = {"pairs": len(records), "start_threshold": args.threshold, "fraction": args.fraction,
+              "verifier": args.verifier, "min_score": args.min_score,
               "bound": args.bound, "hits": len(truth), "true_false_hits": sum(truth), "rows": rows}
-    (out / "shadow_check.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "shadow_check.png")
+    (out / f"shadow_check{args.tag}.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / f"shadow_check{args.tag}.png")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -119,10 +124,11 @@ def plot(result: dict, path: Path) -> None:
             label="shadow estimate, all checks so far")
     ax.plot(x, [r["adaptive_shadow_false_hit_upper"] for r in rows], "--",
             label="95 % upper limit since the last change (what the controller acts on)")
-    ax.plot(x, [r["true_false_hit_rate_recent"] for r in rows], label="true false-hit rate, last 200 hits")
+    ax.plot(x, [r["true_false_hit_rate_recent"] for r in rows], label="true share, last 200 hits")
     ax.axhline(result["bound"], color="grey", lw=0.8, label="max_false_hit_rate")
-    ax.set(xlabel="pairs replayed", ylabel="false-hit rate", yscale="symlog", ylim=(0, 1.05),
-           title=f"shadow check, fraction {result['fraction']}, starting threshold {result['start_threshold']}")
+    ax.set(xlabel="pairs replayed", ylabel="wrong answers among served hits", yscale="symlog", ylim=(0, 1.05),
+           title=f"shadow check, fraction {result['fraction']}, starting threshold {result['start_threshold']}, "
+                 f"verifier {result.get('verifier', 'threshold')}")
     ax.set_yscale("symlog", linthresh=0.01)
     twin = ax.twinx()
     twin.plot(x, [r["threshold"] for r in rows], color="black", lw=1.2, label="threshold in force")

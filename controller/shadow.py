@@ -10,6 +10,12 @@ category's similarity threshold by one step (the evidence then starts afresh, fo
 point). It relaxes by a step only when the checks since the last change show the bound with
 room: upper limit at most half the bound, which takes hundreds of clean checks. The load-based
 policy keeps its floors: the offset is added on top of the load-adjusted threshold.
+
+What is estimated online is the share of *served hits* whose answer was wrong (what users see);
+`calibrate-cache` bounds the share of *different questions* that get a cached answer, which
+traffic does not reveal (unserved near-misses are never checked). Where near-misses are as common
+as repeats the two are close; where hits are rare, the online share is the larger one, so the
+same bound makes the online loop the stricter of the two.
 """
 
 from __future__ import annotations
