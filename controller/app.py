@@ -17,6 +17,8 @@ from contextlib import asynccontextmanager
 import httpx
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -46,7 +48,9 @@ async def connect(url: str) -> aioredis.Redis | RedisCluster:
         await probe.aclose()
     if clustered:
         log.info("Redis at %s is a cluster: using the cluster client", url)
-        return RedisCluster.from_url(url, **options)
+        # No client-side retries: the per-node breakers are the retry policy (the client's own
+        # retries with back-off held up every shard's commands while one master was down).
+        return RedisCluster.from_url(url, cluster_error_retry_attempts=1, retry=Retry(NoBackoff(), 0), **options)
     return aioredis.Redis.from_url(url, **options)
 
 

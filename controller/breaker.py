@@ -99,35 +99,52 @@ async def guarded(breakers: list[CircuitBreaker], op: Callable[[], Awaitable[T]]
 
 
 class GuardedPipeline:
-    """A Redis pipeline whose `execute` runs under the breakers of the keys it touches
-    (commands are only buffered until then)."""
+    """A Redis pipeline under the breakers of the nodes its keys live on.
 
-    def __init__(self, pipe: Any, redis: GuardedRedis) -> None:
-        self._pipe = pipe
+    Commands are recorded and sent on `execute`. On a cluster they are sent as one sub-pipeline
+    per node, concurrently, each under its own node's breaker: a dead master fails only its own
+    commands (and opens only its own breaker), not those of the healthy shards in the same batch.
+    """
+
+    def __init__(self, redis: GuardedRedis, transaction: bool) -> None:
         self._redis = redis
-        self._keys: list[Any] = []
+        self._transaction = transaction
+        self._commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._pipe, name)
-        if not callable(attr):
-            return attr
-
+    def __getattr__(self, name: str) -> Callable[..., GuardedPipeline]:
         def buffered(*args: Any, **kwargs: Any) -> GuardedPipeline:
-            if args:
-                self._keys.append(args[0])
-            attr(*args, **kwargs)
+            self._commands.append((name, args, kwargs))
             return self
         return buffered
 
+    async def _send(self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        pipe = self._redis.client.pipeline(transaction=self._transaction)
+        for name, args, kwargs in commands:
+            getattr(pipe, name)(*args, **kwargs)
+        try:
+            return await pipe.execute()
+        finally:
+            await pipe.reset()
+
     async def execute(self) -> list[Any]:
-        async def run() -> list[Any]:
-            try:
-                return await self._pipe.execute()
-            finally:
-                await self._pipe.reset()
-        # A big pipeline (a rebuild reads 1000 documents at once) gets time in proportion.
-        timeout = max(self._redis.timeout, 0.002 * len(self._keys))
-        return await guarded(self._redis.breakers_for(self._keys), run, timeout)
+        redis = self._redis
+        groups: dict[str, list[int]] = {}
+        for i, (_, args, _) in enumerate(self._commands):
+            groups.setdefault(redis.node_of(args[0] if args else None), []).append(i)
+
+        async def run(node: str, indexes: list[int]) -> list[Any]:
+            # A big batch (a rebuild reads 1000 documents at once) gets time in proportion.
+            timeout = max(redis.timeout, 0.002 * len(indexes))
+            return await redis.guard(node, lambda: self._send([self._commands[i] for i in indexes]), timeout)
+
+        outcomes = await asyncio.gather(*(run(n, ix) for n, ix in groups.items()), return_exceptions=True)
+        results: list[Any] = [None] * len(self._commands)
+        for (node, indexes), outcome in zip(groups.items(), outcomes):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            for i, value in zip(indexes, outcome):
+                results[i] = value
+        return results
 
 
 class GuardedRedis:
@@ -139,23 +156,51 @@ class GuardedRedis:
         self.cluster = hasattr(client, "get_node_from_key")
         self._on_trip = on_trip
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._refreshed = 0.0
+        self._refreshing: asyncio.Future | None = None
 
-    def _breaker(self, name: str) -> CircuitBreaker:
-        if name not in self.breakers:
-            self.breakers[name] = CircuitBreaker(name, on_trip=self._on_trip)
-        return self.breakers[name]
+    def breaker(self, node: str) -> CircuitBreaker:
+        if node not in self.breakers:
+            self.breakers[node] = CircuitBreaker(node, on_trip=self._on_trip)
+        return self.breakers[node]
 
-    def breakers_for(self, keys: list[Any]) -> list[CircuitBreaker]:
-        """The breakers of the nodes that hold `keys` (one breaker for a single Redis)."""
-        if not self.cluster:
-            return [self._breaker("redis")]
-        names = set()
-        for key in keys:
+    async def guard(self, node: str, op: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """One round-trip to `node` under its breaker; on a cluster, a failure also refreshes the slot
+        map, so that once a replica is promoted the slots it took over are routed to it (and to its
+        own, closed, breaker)."""
+        try:
+            return await guarded([self.breaker(node)], op, timeout)
+        except BreakerOpen:
+            if self.cluster:
+                self._refresh_slots()
+            raise
+
+    def _refresh_slots(self) -> None:
+        """Re-read the cluster's slot map in the background, at most once a second while failures
+        last (the request that saw the failure does not wait for it)."""
+        now = time.monotonic()
+        if now - self._refreshed < 1.0 or self._refreshing is not None:
+            return
+        self._refreshed = now
+
+        async def refresh() -> None:
             try:
-                names.add(self.client.get_node_from_key(key).name)
-            except Exception:  # slot map not loaded yet
-                names.add("cluster")
-        return [self._breaker(n) for n in sorted(names or {"cluster"})]
+                await asyncio.wait_for(self.client.nodes_manager.initialize(), 5.0)
+            except Exception as exc:  # no live node answered yet: a later failure tries again
+                log.debug("cluster slot map refresh failed: %s", exc)
+            finally:
+                self._refreshing = None
+
+        self._refreshing = asyncio.ensure_future(refresh())
+
+    def node_of(self, key: Any) -> str:
+        """The name of the node that holds `key` ("redis" for a single Redis)."""
+        if not self.cluster:
+            return "redis"
+        try:
+            return self.client.get_node_from_key(key).name
+        except Exception:  # no key, or the slot map is not loaded yet
+            return "cluster"
 
     @property
     def is_open(self) -> bool:
@@ -166,7 +211,7 @@ class GuardedRedis:
         return sum(b.fast_failures for b in self.breakers.values())
 
     def pipeline(self, transaction: bool = False) -> GuardedPipeline:
-        return GuardedPipeline(self.client.pipeline(transaction=transaction), self)
+        return GuardedPipeline(self, transaction)
 
     async def scan_iter(self, match: str, count: int = 1000) -> AsyncIterator[Any]:
         """SCAN page by page, each page a guarded round-trip (a long scan is not one deadline);
@@ -177,7 +222,7 @@ class GuardedRedis:
             return
         cursor: Any = 0
         while True:
-            cursor, keys = await guarded(self.breakers_for([]), lambda c=cursor: self.client.scan(
+            cursor, keys = await self.guard("redis", lambda c=cursor: self.client.scan(
                 c, match=match, count=count), max(self.timeout, 2.0))
             for key in keys:
                 yield key
@@ -190,7 +235,8 @@ class GuardedRedis:
             return attr
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return await guarded(self.breakers_for(list(args[:1])), lambda: attr(*args, **kwargs), self.timeout)
+            return await self.guard(self.node_of(args[0] if args else None), lambda: attr(*args, **kwargs),
+                                    self.timeout)
         return call
 
     async def aclose(self) -> None:

@@ -155,7 +155,9 @@ def sim_backend():
 
 class LocalRedisCluster:
     """A real Redis Cluster on loopback: 3 masters + 3 replicas of Debian's redis-server, created
-    with `redis-cli --cluster create`; node timeout 1 s so a killed master fails over quickly."""
+    with `redis-cli --cluster create`; node timeout 1 s so a killed master fails over quickly, and
+    `cluster-require-full-coverage no` (as a cache's cluster should run) so the other shards keep
+    answering meanwhile."""
 
     def __init__(self, folder: Path, masters: int = 3) -> None:
         import subprocess
@@ -175,6 +177,7 @@ class LocalRedisCluster:
             self.procs[port] = subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "1000",
+                 "--cluster-require-full-coverage", "no",  # other shards serve while one fails over
                  "--dir", str(node), "--appendonly", "no", "--save", "", "--logfile", str(node / "redis.log")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.ports:
