@@ -57,8 +57,11 @@ case = st.one_of(
 
 @pytest.fixture(scope="module")
 def fuzzed_controller(sim_backend, redis_server, encoder, policies_path):
+    import redis
+
     from tests.conftest import ControllerHandle
 
+    redis.Redis.from_url(redis_server.url).flushdb()  # only what the fuzzer stores is checked after
     handle = ControllerHandle(policies_path, [sim_backend], redis_server.url, encoder)
     yield handle
     handle.stop()
