@@ -26,7 +26,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from bench import data, plotting
-from bench.verified_cache import cpu_flags
+from bench.machine import cpu_flags
 from bench.threshold_study import encode_all
 from controller import embeddings
 from controller.cache import SemanticCache

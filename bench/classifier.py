@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import plotting
+from bench.machine import cpu_flags
 from controller import embeddings
 from controller.classifier import Classifier, route, strictness
 from controller.embeddings import Encoder
@@ -49,14 +50,6 @@ def cached_encode(encoder: Encoder, texts: list[str]) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors
-
-
-def cpu_flags() -> str:
-    """The SIMD flags that decide numpy's speed here."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return " ".join(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
-    return ""
 
 
 def loosened_share(true: list[str], got: list[str], config: PolicyConfig) -> float:

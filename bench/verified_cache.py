@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import plotting
+from bench.machine import cpu_flags
 from bench.hard_negatives import CATEGORIES, NEGATIVE_KINDS, POSITIVE_KINDS
 from controller import embeddings, verify
 from controller.verify import calibrate
@@ -172,17 +173,6 @@ def main() -> None:
     print(json.dumps(results["calibrated"], indent=1), json.dumps(refusals, indent=1))
     print(json.dumps(results["verifier_latency"]))
     plot(results, out / "verified_cache.png")
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return " ".join(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
-    except OSError:
-        pass
-    return ""
 
 
 def plot(results: dict, path: Path) -> None:
