@@ -180,11 +180,15 @@ class LocalRedisCluster:
                  "--cluster-require-full-coverage", "no",  # other shards serve while one fails over
                  "--dir", str(node), "--appendonly", "no", "--save", "", "--logfile", str(node / "redis.log")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for port in self.ports:
-            self._wait(lambda p=port: self.cli(p, "ping") == "PONG")
-        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
-                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        self._wait(lambda: all("cluster_state:ok" in self.cli(p, "cluster", "info") for p in self.ports))
+        try:
+            for port in self.ports:
+                self._wait(lambda p=port: self.cli(p, "ping") == "PONG")
+            subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                            "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            self._wait(lambda: all("cluster_state:ok" in self.cli(p, "cluster", "info") for p in self.ports))
+        except BaseException:
+            self.stop()  # leave no server behind
+            raise
         time.sleep(0.5)
 
     @staticmethod
