@@ -42,7 +42,9 @@ def test_chat_through_controller_is_generated_by_smollm2_with_plugin(vllm_server
     worker = models[0]["adaptive"]["workers"][0]
     assert worker["runtime_model_class"] == "LlamaForCausalLM" and worker["stacks"][0]["per_request"] is True
 
-    paraphrase = ask(ctl.url, "What is the capital city of France?")
+    # A near-repeat the verified factual policy serves (a reworded paraphrase is, deliberately, not:
+    # configs/policies.yaml bounds false hits at 1 %).
+    paraphrase = ask(ctl.url, "What's the capital of France?")
     assert paraphrase.headers["x-cache"] == "HIT"
     assert float(paraphrase.headers["x-cache-similarity"]) < 1.0
     assert paraphrase.json()["choices"] == first.json()["choices"]
