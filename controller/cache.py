@@ -39,8 +39,9 @@ from policies.schema import PolicyConfig, VerifierSetting
 
 log = logging.getLogger("controller.cache")
 
-#: Partitions up to this size are searched exactly (a matrix product over their vectors).
-EXACT_LIMIT = 2048
+#: Partitions up to this size are searched exactly (a matrix product over their vectors; at this
+#: size it costs about what an index query does).
+EXACT_LIMIT = 256
 _FIELDS = ("category", "partition", "tenant", "expires", "vector", "profile", "query")
 
 
@@ -79,6 +80,7 @@ class CategoryIndex:
         self.entries: OrderedDict[int, Entry] = OrderedDict()  # LRU order: oldest first
         self.by_key: dict[str, int] = {}  # Redis key -> label (applying the change feed)
         self.by_partition: dict[str, set[int]] = {}  # partition -> live labels (exact search)
+        self.vectors: dict[int, np.ndarray] = {}  # label -> unit vector (hnswlib's get_items is slow)
         self._expiry: list[tuple[float, int]] = []  # min-heap of (expires, label), lazily cleaned
         self._next_label = 0
         self.quota_evictions = 0
@@ -121,7 +123,7 @@ class CategoryIndex:
                     and (profiles is None or entries[lbl].profile in profiles)]
             if not live:
                 return []
-            sims = np.asarray(self.index.get_items(live, return_type="numpy"), dtype=np.float32) @ (
+            sims = np.stack([self.vectors[lbl] for lbl in live]) @ (
                 vector / max(float(np.linalg.norm(vector)), 1e-12))
             best = np.argsort(-sims)[:k]
             return [(entries[live[i]], float(sims[i])) for i in best]
@@ -167,6 +169,7 @@ class CategoryIndex:
         self.entries[label] = entry
         self.by_key[entry.key] = label
         self.by_partition.setdefault(entry.partition, set()).add(label)
+        self.vectors[label] = (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
         heapq.heappush(self._expiry, (entry.expires, label))
         if len(self._expiry) > 2 * self.capacity:  # drop heap items of evicted entries
             self._expiry = [(e.expires, lbl) for lbl, e in self.entries.items()]
@@ -177,6 +180,7 @@ class CategoryIndex:
         """Drop an entry from the index (the caller deletes the Redis document)."""
         entry = self.entries.pop(label)
         self.by_key.pop(entry.key, None)
+        self.vectors.pop(label, None)
         same = self.by_partition.get(entry.partition)
         if same is not None:
             same.discard(label)
