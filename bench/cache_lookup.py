@@ -27,7 +27,6 @@ import redis.asyncio as aioredis
 
 from bench import data, plotting
 from bench.machine import cpu_flags
-from bench.threshold_study import encode_all
 from controller import embeddings
 from controller.cache import SemanticCache
 from controller.redis_server import EmbeddedRedis
@@ -117,7 +116,7 @@ def main() -> None:
     if cache_file.exists():
         vecs = np.load(cache_file)
     else:  # bulk fill with the fp32 reference: 2x faster batched, same vectors to ~1e-3
-        vecs = encode_all(embeddings.load("minilm-fp32-torch"), texts)
+        vecs = embeddings.encode_many(embeddings.load("minilm-fp32-torch"), texts)
         np.save(cache_file, vecs)
     stored, probe = vecs[:-2000], vecs[-2000:]
     results = []

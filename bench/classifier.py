@@ -32,7 +32,7 @@ from controller import embeddings
 from controller.classifier import Classifier, route, strictness
 from controller.embeddings import Encoder
 from controller.snapshot import load_policies
-from controller.train_classifier import FOLDS, SEED, encode, fit, read_rows, report
+from controller.train_classifier import FOLDS, SEED, fit, read_rows, report
 from policies.schema import PolicyConfig
 from vllm_adaptive import envs
 
@@ -41,12 +41,12 @@ FLOORS = np.round(np.arange(0.0, 0.96, 0.05), 2)
 
 
 def cached_encode(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    """`encode`, kept on disk by content: re-running the bench on a busy 2-core box stays cheap."""
+    """`encode_many`, kept on disk by content: re-running the bench on a busy 2-core box stays cheap."""
     digest = hashlib.sha256(json.dumps([encoder.name, texts]).encode()).hexdigest()[:24]
     path = envs.home() / "bench-embeddings" / f"{digest}.npy"
     if path.exists():
         return np.load(path)
-    vectors = encode(encoder, texts)
+    vectors = embeddings.encode_many(encoder, texts)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors

@@ -31,16 +31,6 @@ MATH = re.compile(r"\b(solve|equation|integral|derivative|probability|prime|fact
 MAX_FALSE_HIT = 0.01  # the false-hit share we accept when picking a threshold
 
 
-def encode_all(encoder, texts: list[str], batch: int = 64) -> np.ndarray:
-    """Encode many texts, batching similar lengths together (padding is most of the cost)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        out[idx] = encoder.encode([texts[i] for i in idx])
-    return out
-
-
 def pair_curve(sims: np.ndarray, labels: np.ndarray) -> list[dict]:
     rows = []
     for t in THRESHOLDS:
@@ -93,8 +83,8 @@ def main() -> None:
     for name in args.encoders.split(","):
         encoder = embeddings.load(name)
         t0 = time.perf_counter()
-        a = encode_all(encoder, [p["a"] for p in pairs])
-        b = encode_all(encoder, [p["b"] for p in pairs])
+        a = embeddings.encode_many(encoder, [p["a"] for p in pairs])
+        b = embeddings.encode_many(encoder, [p["b"] for p in pairs])
         encode_s = time.perf_counter() - t0
         sims = (a * b).sum(axis=1)
         qqp_sims[name] = sims
@@ -105,8 +95,8 @@ def main() -> None:
         curves = {
             "qqp": pair_curve(sims, labels),
             "qqp_math": pair_curve(sims[math_mask], labels[math_mask]),
-            "code_nearest_distinct": distinct_curve(nearest_distinct(encode_all(encoder, code))),
-            "chat_nearest_distinct": distinct_curve(nearest_distinct(encode_all(encoder, chat))),
+            "code_nearest_distinct": distinct_curve(nearest_distinct(embeddings.encode_many(encoder, code))),
+            "chat_nearest_distinct": distinct_curve(nearest_distinct(embeddings.encode_many(encoder, chat))),
         }
         best_f1 = max(curves["qqp"], key=lambda r: 2 * r["precision"] * r["recall"] / max(r["precision"] + r["recall"], 1e-9))
         result["encoders"][name] = {

@@ -106,6 +106,17 @@ class TorchMiniLM:
         return _mean_pool(hidden.float().numpy(), mask.numpy())
 
 
+def encode_many(encoder: Encoder, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Encode many texts (training, calibration, benchmarks), batching similar lengths together:
+    padding to the longest text of a batch is most of the cost."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        out[idx] = encoder.encode([texts[i] for i in idx])
+    return out
+
+
 ENCODERS = {OnnxMiniLM.name: OnnxMiniLM, TorchMiniLM.name: TorchMiniLM}
 
 

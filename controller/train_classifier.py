@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from controller.classifier import LinearModel, for_policy, load_model, route, strictness
-from controller.embeddings import DIM, ENCODERS, Encoder
+from controller.embeddings import DIM, ENCODERS, Encoder, encode_many
 from policies.schema import PolicyConfig, PolicyError
 
 HOLDOUT_SHARE = 0.2
@@ -66,16 +66,6 @@ def read_rows(path: Path) -> list[Row]:
                 raise ValueError(f"{path}:{number}: split: must be 'train' or 'test', not {split!r}")
             rows.append(Row(text, category, _hash_holdout(text) if split is None else split == "test"))
     return rows
-
-
-def encode(encoder: Encoder, texts: list[str], batch: int = 64) -> np.ndarray:
-    """Encode many texts, batching similar lengths together (padding is most of the cost)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        out[idx] = encoder.encode([texts[i] for i in idx])
-    return out
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -216,14 +206,14 @@ def train(rows: list[Row], encoder: Encoder, policy: PolicyConfig | None = None,
     if len(names) < 2 or missing:
         raise ValueError(f"need training rows for at least two categories; none for: {', '.join(missing) or '-'}")
     index = {n: i for i, n in enumerate(names)}
-    x = encode(encoder, [r.text for r in train_rows])
+    x = encode_many(encoder, [r.text for r in train_rows])
     y = np.array([index[r.category] for r in train_rows])
     cv: dict[str, float] = {}
     if l2 is None:
         l2, cv = choose_l2(x, y, len(names))
     w, b = fit(x, y, len(names), l2)
     model = LinearModel(tuple(names), w, b)
-    probs = (model.probabilities(encode(encoder, [r.text for r in test_rows])) if test_rows
+    probs = (model.probabilities(encode_many(encoder, [r.text for r in test_rows])) if test_rows
              else np.zeros((0, len(names)), np.float32))
     labels = np.array([index[r.category] for r in test_rows], dtype=np.int64)
     meta = {

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from controller import verify
+from controller.embeddings import encode_many
 
 # 0.50 .. 0.99, then finer: negations and changed numbers often score above 0.99.
 THRESHOLDS = np.round(np.concatenate([np.arange(0.50, 0.99, 0.01), np.arange(0.990, 0.9995, 0.001)]), 3)
@@ -72,12 +73,8 @@ def similarities(records: list[dict], encoder, batch: int = 64, cache: Path | No
 
 def encode_texts(texts: Iterable[str], encoder, batch: int = 64) -> dict[str, np.ndarray]:
     """Each text's embedding, batched by length (padding is most of the cost)."""
-    ordered = sorted(set(texts), key=len)
-    vectors = {}
-    for start in range(0, len(ordered), batch):
-        chunk = ordered[start : start + batch]
-        vectors.update(zip(chunk, encoder.encode(chunk)))
-    return vectors
+    distinct = list(set(texts))
+    return dict(zip(distinct, encode_many(encoder, distinct, batch)))
 
 
 def verifier_scores(records: list[dict], sims: np.ndarray, names: Iterable[str] = verify.VERIFIERS) -> dict[str, np.ndarray]:
