@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = embeddings.load(args.encoder)
     missing = [r for r in records if not r.get("category")]
     if missing:
-        classifier = Classifier(config, encoder)
-        vectors = encoder.encode([r["stored"] for r in missing])
+        classifier = Classifier(config, encoder, config_path.parent)
+        vectors = embeddings.encode_many(encoder, [r["stored"] for r in missing])
         for r, v in zip(missing, vectors):
             r["category"] = classifier.classify(r["stored"], v)[0]
     sims = calibrate.similarities(records, encoder)
