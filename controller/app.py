@@ -33,6 +33,7 @@ from controller.feed import ChangeFeed
 from controller.metrics import Metrics
 from controller.service import Controller, Settings
 from controller.snapshot import build_snapshot
+from controller.tasks import TaskSet
 
 log = logging.getLogger("controller")
 
@@ -73,17 +74,14 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
             log.error("Redis unreachable at start-up, starting with an empty cache: %s", exc)
         async with httpx.AsyncClient(timeout=upstream.timeout(settings.upstream_timeout)) as http:
             pool = BackendPool(settings.backends)
+            tasks = TaskSet()
             ctl = app.state.ctl = Controller(settings, encoder, snapshot, cache, pool,
-                                             upstream.Upstream(http, pool, metrics), metrics)
+                                             upstream.Upstream(http, pool, metrics, tasks), metrics, tasks)
             monitor = asyncio.create_task(load_monitor.run(
                 http, pool, lambda: ctl.snapshot.config.load_policy.scrape_interval_seconds, ctl.on_scrape))
             follower = asyncio.create_task(feed.follow(cache.apply, cache.resync))
-            reloads: set[asyncio.Task] = set()  # keep SIGHUP reload tasks referenced until done
-
             def on_sighup() -> None:
-                task = asyncio.ensure_future(ctl.reload_logged())
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
+                tasks.spawn(ctl.reload_logged())
 
             try:  # SIGHUP reloads the policy file (only possible in the main thread)
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)

@@ -62,7 +62,7 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
             info |= {"x-cache": "HIT", "x-cache-similarity": f"{hit.similarity:.4f}"}
             response = oai.fresh_copy(hit.response)
             if policy.shadow.fraction and random.random() < policy.shadow.fraction:
-                ctl.spawn(_shadow_check(ctl, snap, plan, endpoint, hit.response, list(request.headers.items())))
+                ctl.tasks.spawn(_shadow_check(ctl, snap, plan, endpoint, hit.response, list(request.headers.items())))
             if plan.stream:
                 return StreamingResponse(_iter(oai.replay_stream(endpoint, response)),
                                          media_type="text/event-stream", headers=info)

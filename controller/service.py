@@ -21,6 +21,7 @@ from controller.load_monitor import LoadTracker
 from controller.metrics import Metrics
 from controller.shadow import ShadowMonitor
 from controller.snapshot import PolicySnapshot, build_snapshot
+from controller.tasks import TaskSet
 from controller.upstream import Upstream
 from policies.schema import PolicyError
 
@@ -45,7 +46,7 @@ class Controller:
     """Long-lived parts of one controller process; `snapshot` is replaced whole on reload."""
 
     def __init__(self, settings: Settings, encoder: Encoder, snapshot: PolicySnapshot, cache: SemanticCache,
-                 pool: BackendPool, upstream: Upstream, metrics: Metrics) -> None:
+                 pool: BackendPool, upstream: Upstream, metrics: Metrics, tasks: TaskSet) -> None:
         self.settings = settings
         self.encoder = encoder
         self.snapshot = snapshot
@@ -55,13 +56,7 @@ class Controller:
         self.metrics = metrics
         self.load = LoadTracker()
         self.shadow = ShadowMonitor()  # per-category evidence from shadow checks, kept across reloads
-        self._background: set[asyncio.Task] = set()
-
-    def spawn(self, work) -> None:
-        """Run `work` (a coroutine) after the response, keeping a reference until it is done."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.tasks = tasks  # work that runs on after a response (shadow checks, reloads)
 
     def on_scrape(self) -> None:
         """Fresh backend loads (called by the load monitor after each round of scrapes)."""

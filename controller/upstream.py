@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from controller import openai_format as oai
 from controller.backends import BackendPool, Lease
 from controller.metrics import Metrics
+from controller.tasks import TaskSet
 from policies.schema import LoadPolicy
 
 log = logging.getLogger("controller.upstream")
@@ -47,19 +48,16 @@ OnComplete = Callable[[dict[str, Any]], Awaitable[None]]
 class Upstream:
     """The backend pool seen through one HTTP client."""
 
-    def __init__(self, http: httpx.AsyncClient, pool: BackendPool, metrics: Metrics) -> None:
+    def __init__(self, http: httpx.AsyncClient, pool: BackendPool, metrics: Metrics, tasks: TaskSet) -> None:
         self.http = http
         self.pool = pool
         self.metrics = metrics
-        self._pending: set[asyncio.Task] = set()  # stores still running after the answer went out
+        self.tasks = tasks  # holds stores still running after the answer went out
 
     async def _settle(self, store: Awaitable[None]) -> None:
         """Let a cache store finish, but never keep the client waiting more than STORE_WAIT for it
         (a slow or hung Redis): past that it finishes in the background."""
-        task = asyncio.ensure_future(store)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        await asyncio.wait({task}, timeout=STORE_WAIT)
+        await asyncio.wait({self.tasks.spawn(store)}, timeout=STORE_WAIT)
 
     async def forward(
         self, path: str, endpoint: str, body: dict[str, Any], client_headers: Iterable[tuple[str, str]],
