@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,13 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from bench import machine, plotting
 from controller.procs import free_port, stop_group, wait_http
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 class Stack:
@@ -119,8 +114,7 @@ async def drive(url: str, rate: float, seconds: float, hit_ratio: float, seed: i
             tasks.append(asyncio.create_task(one(question)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - start
-    summary = {k: {"n": len(v), "p50_ms": 1000 * percentile(v, 0.5), "p99_ms": 1000 * percentile(v, 0.99)}
-               for k, v in lat.items() if v}
+    summary = {k: _summary(v) for k, v in lat.items() if v}
     return {"rate": rate, "sent": n, "achieved_rate": n / wall, "errors": len(errors),
             "error_kinds": sorted(set(errors)), "latency": summary}
 
@@ -209,8 +203,10 @@ def soak(args: argparse.Namespace) -> None:
 
 
 def _summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": 1000 * percentile(values, 0.5), "p99_ms": 1000 * percentile(values, 0.99),
-            "max_ms": 1000 * max(values)}
+    """Count and latency percentiles (ms) of `values` (seconds)."""
+    ms = 1000 * np.asarray(values)
+    return {"n": len(values), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max())}
 
 
 def replicas(args: argparse.Namespace) -> None:
