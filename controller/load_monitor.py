@@ -69,7 +69,7 @@ class LoadTracker:
         policy = snap.config.load_policy
         loads = pool.loads()
         self.pressure = fleet_pressure(loads, policy)
-        self.level = next_level(min(self.level, snap.levels), self.pressure, policy)
+        self.level = next_level(self.level, self.pressure, policy)  # clamps a level from a larger policy
         metrics.load_level.set(self.level)
         metrics.fleet_pressure.set(self.pressure)
         for backend, load in zip(pool.backends, loads):

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from controller import openai_format as oai
 from controller.backends import BackendPool, Lease
 from controller.metrics import Metrics
+from controller.plan import CATEGORY_HEADER
 from controller.tasks import TaskSet
 from policies.schema import LoadPolicy
 
@@ -39,7 +40,7 @@ def timeout(seconds: float = DEFAULT_TIMEOUT_SECONDS) -> httpx.Timeout:
     return httpx.Timeout(connect=2.0, read=seconds, write=30.0, pool=5.0)
 #: Headers the backend must not see: hop-by-hop, the controller's own, the admin credential.
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "accept-encoding",
-               "x-adaptive-category", "cache-control", "x-admin-token"}
+               CATEGORY_HEADER, "cache-control", "x-admin-token"}
 
 #: Called with a complete, non-streamed response body once the backend's answer is over.
 OnComplete = Callable[[dict[str, Any]], Awaitable[None]]
