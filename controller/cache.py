@@ -96,14 +96,6 @@ class CategoryIndex:
         self.capacity = capacity
         return evicted
 
-    def search(
-        self, vector: np.ndarray, partition: str, now: float, profiles: frozenset[str] | None = None
-    ) -> tuple[Entry, float] | None:
-        """Nearest live entry of `partition` (made with one of `profiles`, if given), with its
-        cosine similarity."""
-        found = self.candidates(vector, partition, now, profiles, 1)
-        return found[0] if found else None
-
     def candidates(
         self, vector: np.ndarray, partition: str, now: float, profiles: frozenset[str] | None, k: int
     ) -> list[tuple[Entry, float]]:
