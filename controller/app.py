@@ -51,7 +51,7 @@ async def connect(url: str) -> aioredis.Redis | RedisCluster:
         log.info("Redis at %s is a cluster: using the cluster client", url)
         # No client-side retries: the per-node breakers are the retry policy (the client's own
         # retries with back-off held up every shard's commands while one master was down).
-        return RedisCluster.from_url(url, cluster_error_retry_attempts=1, retry=Retry(NoBackoff(), 0), **options)
+        return RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), **options)
     return aioredis.Redis.from_url(url, **options)
 
 

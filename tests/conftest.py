@@ -157,11 +157,11 @@ class LocalRedisCluster:
     """A real Redis Cluster on loopback: 3 masters + 3 replicas of Debian's redis-server, created
     with `redis-cli --cluster create`; node timeout 1 s so a killed master fails over quickly, and
     `cluster-require-full-coverage no` (as a cache's cluster should run) so the other shards keep
-    answering meanwhile."""
+    answering meanwhile. It is ready only once every replica has synced: a replica that never
+    synced refuses to take over, and a master killed in its first seconds was never replaced."""
 
     def __init__(self, folder: Path, masters: int = 3) -> None:
         import subprocess
-        import time
 
         from controller.procs import free_port
 
@@ -178,6 +178,7 @@ class LocalRedisCluster:
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "1000",
                  "--cluster-require-full-coverage", "no",  # other shards serve while one fails over
+                 "--repl-diskless-sync-delay", "0",  # replicas sync at once (a never-synced one never takes over)
                  "--dir", str(node), "--appendonly", "no", "--save", "", "--logfile", str(node / "redis.log")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -186,10 +187,11 @@ class LocalRedisCluster:
             subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
                             "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
             self._wait(lambda: all("cluster_state:ok" in self.cli(p, "cluster", "info") for p in self.ports))
+            self._wait(lambda: all("role:master" in info or "master_link_status:up" in info
+                                   for info in (self.cli(p, "info", "replication") for p in self.ports)))
         except BaseException:
             self.stop()  # leave no server behind
             raise
-        time.sleep(0.5)
 
     @staticmethod
     def cli(port: int, *args: str) -> str:
@@ -212,17 +214,19 @@ class LocalRedisCluster:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
-    def master_of(self, key: str) -> int:
-        """The port of the master that holds `key`'s slot now."""
-        slot = int(self.cli(self.ports[0], "cluster", "keyslot", key))
-        for line in self.cli(self.ports[0], "cluster", "nodes").splitlines():
+    def master_of(self, key: str) -> int | None:
+        """The port of the master that holds `key`'s slot now, as a live node sees it (None while
+        the slot's master is failing and no replica has taken it over yet)."""
+        node = next(p for p in self.ports if self.procs[p].poll() is None)
+        slot = int(self.cli(node, "cluster", "keyslot", key))
+        for line in self.cli(node, "cluster", "nodes").splitlines():
             parts = line.split()
             if "master" in parts[2] and "fail" not in parts[2]:
                 for span in parts[8:]:
                     lo, _, hi = span.partition("-")
                     if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
                         return int(parts[1].split(":")[1].split("@")[0])
-        raise KeyError(key)
+        return None
 
     def kill(self, port: int) -> None:
         self.procs[port].kill()
