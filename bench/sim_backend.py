@@ -72,8 +72,11 @@ def _bad_request(exc: Exception) -> Response:
 
 
 def build(slots: int, service_seconds: float, speedups: dict[str, float] | None = None,
-          answers: dict[str, str] | None = None) -> FastAPI:
-    """`answers`: question -> what to echo instead (an oracle: equivalent questions, one answer)."""
+          answers: dict[str, str] | None = None, serves: list[str] | None = None) -> FastAPI:
+    """`answers`: question -> what to echo instead (an oracle: equivalent questions, one answer).
+    `serves`: the profiles it serves, its default first, as the plugin's status route reports them
+    (a compiled engine serves one); a request naming another runs the default, as in the plugin.
+    None: no status route (the controller then sends it any profile; counted as asked)."""
     app = FastAPI()
     sem = asyncio.Semaphore(slots)
     state: dict[str, Any] = {"waiting": 0, "running": 0, "served": 0}
@@ -81,6 +84,8 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
 
     async def serve(body: dict[str, Any]) -> None:
         profile = (body.get("vllm_xargs") or {}).get("adaptive_profile")
+        if serves is not None and profile not in serves:
+            profile = serves[0]
         profiles[str(profile)] += 1
         seconds = service_seconds / (speedups or {}).get(profile, 1.0)
         state["waiting"] += 1
@@ -146,6 +151,12 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
     async def models() -> dict:
         return {"object": "list", "data": [{"id": "sim", "object": "model"}]}
 
+    if serves is not None:
+        @app.get("/v1/adaptive/status")
+        async def status() -> dict:  # the parts of vllm_adaptive.endpoint's answer a controller reads
+            table = {"default": serves[0], "profiles": {name: {} for name in serves}}
+            return {"plugin": "adaptive", "active": True, "workers": [{"profiles": table}]}
+
     return app
 
 
@@ -156,8 +167,10 @@ if __name__ == "__main__":
     parser.add_argument("--service-seconds", type=float, default=0.4)
     parser.add_argument("--profile-speedup", default="", help="NAME=FACTOR,... (default: every profile 1.0)")
     parser.add_argument("--answers", default=None, help="JSON file {question: answer key}: equivalent questions, one answer")
+    parser.add_argument("--serves", default=None, help="PROFILE,... served, default first (default: no plugin)")
     args = parser.parse_args()
     answers = json.loads(Path(args.answers).read_text()) if args.answers else None
     speedups = {k: float(v) for k, v in (item.split("=") for item in args.profile_speedup.split(",") if item)}
-    uvicorn.run(build(args.slots, args.service_seconds, speedups, answers), host="127.0.0.1", port=args.port,
+    serves = args.serves.split(",") if args.serves else None
+    uvicorn.run(build(args.slots, args.service_seconds, speedups, answers, serves), host="127.0.0.1", port=args.port,
                 log_level="warning")

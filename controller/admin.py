@@ -91,7 +91,8 @@ def effective_state(ctl: Controller) -> dict[str, Any]:
         "backends": [
             {"url": b.url, "waiting": b.waiting, "running": b.running, "kv_usage": b.kv_usage,
              "in_flight": b.in_flight, "up": b.up(now), "scrape_age_seconds": now - b.scraped_at,
-             "score": _finite(load_score(b.load(now), policy))}
+             "score": _finite(load_score(b.load(now), policy)),
+             "serves": None if b.serves is None else sorted(b.serves), "default_profile": b.default_profile}
             for b in ctl.pool.backends
         ],
         "categories": {c.name: vars(snap.decision(c.name, level)) for c in snap.config.categories},

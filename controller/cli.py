@@ -158,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         "with a semantic cache; /metrics for Prometheus; SIGHUP or POST /admin/reload re-reads --config.",
     )
     add_serve_options(serve)
-    serve.add_argument("--backend", action="append", required=True, metavar="URL",
-                       help="vLLM server base URL, e.g. http://127.0.0.1:8100 (repeatable)")
+    serve.add_argument("--backend", action="append", required=True, metavar="URL[#PROFILES]", type=_backend,
+                       help="vLLM server base URL, e.g. http://127.0.0.1:8100 (repeatable); optionally the "
+                       "compute profiles it serves, its default first (http://h:8100#calibrated-2); without "
+                       "them they are read from the plugin's status route")
 
     up = sub.add_parser(
         "up", help="start vLLM (with the adaptive plugin) + controller + Redis: the demo stack",
@@ -171,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--vllm-port", type=int, default=8100)
     up.add_argument("--vllm-log", default=None, help="file for the vLLM server's log")
     return parser
+
+
+def _backend(spec: str) -> str:
+    """Refuse a bad --backend at parse time, with the reason (controller.backends.parse_backend)."""
+    from controller.backends import parse_backend
+
+    try:
+        parse_backend(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Scrapes each backend's vLLM /metrics and keeps the fleet's load level current."""
+"""Scrapes each backend's vLLM /metrics and keeps the fleet's load level current; also reads
+which compute profiles each backend serves (the plugin's status route) for profile pools."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.backends import Backend, BackendPool
 from controller.metrics import Metrics
+from controller.plan import FULL_PROFILE
 from controller.snapshot import PolicySnapshot
 from policies.load import fleet_pressure, load_score, next_level
 
@@ -53,12 +55,49 @@ async def scrape(http: httpx.AsyncClient, backend: Backend) -> bool:
     return True
 
 
+#: The plugin's status route (vllm_adaptive.endpoint.STATUS_PATH) and how often it is re-read.
+STATUS_PATH = "/v1/adaptive/status"
+PROFILES_REFRESH_SECONDS = 30.0
+
+
+def served_profiles(status: dict) -> tuple[frozenset[str], str]:
+    """(profiles served, default profile) from the plugin's status; a plugin with no profiles
+    configured (or not active) runs every request in full. Every worker serves the same set."""
+    workers = status.get("workers") or []
+    table = workers[0].get("profiles") if status.get("active") and workers else None
+    if not table:
+        return frozenset({FULL_PROFILE}), FULL_PROFILE
+    return frozenset(table["profiles"]), str(table["default"])
+
+
+async def discover(http: httpx.AsyncClient, backend: Backend) -> None:
+    """Refresh which profiles `backend` serves, unless declared with its URL. A server without the
+    plugin's status route (stock vLLM, a proxy) is left unconstrained (`serves` None: it gets
+    every profile asked; declare `#full` for stock vLLM); one that does not answer keeps its last."""
+    if backend.declared or time.monotonic() - backend.profiles_read_at < PROFILES_REFRESH_SECONDS:
+        return
+    try:
+        reply = await http.get(backend.url + STATUS_PATH, timeout=5.0)
+        if reply.status_code == 404:
+            serves, default = None, FULL_PROFILE
+        else:
+            serves, default = served_profiles(reply.raise_for_status().json())
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.debug("profile status of %s not read: %s", backend.url, exc)
+        return
+    if (serves, default) != (backend.serves, backend.default_profile):
+        log.info("backend %s serves profiles %s (default %r)", backend.url,
+                 "any (no plugin status)" if serves is None else sorted(serves), default)
+    backend.serves, backend.default_profile, backend.profiles_read_at = serves, default, time.monotonic()
+
+
 class LoadTracker:
     """The fleet's load level (0 = normal) and the pressure that set it."""
 
     def __init__(self) -> None:
         self.level = 0
         self.pressure = 0.0
+        self.rounds = 0  # scrape rounds observed (the first one follows start-up)
 
     def clamp(self, snap: PolicySnapshot) -> None:
         """A reloaded policy may have fewer levels: never stay above its last one."""
@@ -70,6 +109,7 @@ class LoadTracker:
         loads = pool.loads()
         self.pressure = fleet_pressure(loads, policy)
         self.level = next_level(self.level, self.pressure, policy)  # clamps a level from a larger policy
+        self.rounds += 1
         metrics.load_level.set(self.level)
         metrics.fleet_pressure.set(self.pressure)
         for backend, load in zip(pool.backends, loads):
@@ -90,7 +130,7 @@ async def run(
     dead monitor would freeze the load level silently."""
     while True:
         try:
-            await asyncio.gather(*(scrape(http, b) for b in pool.backends))
+            await asyncio.gather(*(scrape(http, b) for b in pool.backends), *(discover(http, b) for b in pool.backends))
             on_scrape()
         except Exception:
             log.exception("load monitor round failed; retrying next interval")

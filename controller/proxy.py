@@ -73,14 +73,15 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
         ctl.metrics.bypass.labels(category, plan.bypass_reason or "no-cache").inc()
         info["x-cache"] = "BYPASS"
 
-    async def store(response: dict[str, Any]) -> None:
-        """Cache a complete answer, if the plan allows writing and the answer may be cached."""
+    async def store(response: dict[str, Any], profile: str) -> None:
+        """Cache a complete answer (made with `profile`, the one the backend ran), if the plan
+        allows writing and the answer may be cached."""
         assert plan.key is not None and plan.vector is not None
         if not planning.storable(response):
             return
         stored = await ctl.cache.store(
             category, plan.key.partition, plan.key.tenant, plan.vector, plan.key.query, response,
-            plan.decision.ttl_seconds, {"profile": plan.profile, "model": str(response.get("model", ""))},
+            plan.decision.ttl_seconds, {"profile": profile, "model": str(response.get("model", ""))},
         )
         if stored:
             ctl.metrics.stores.labels(category).inc()
@@ -99,7 +100,7 @@ async def _shadow_check(ctl: Controller, snap: PolicySnapshot, plan: planning.Re
     """Ask the backend too (after the hit was served) and record whether the answers agree."""
     policy = snap.policy(plan.category)
 
-    async def compare(fresh: dict[str, Any]) -> None:
+    async def compare(fresh: dict[str, Any], _profile: str) -> None:
         same = await asyncio.to_thread(shadow.same_answer, shadow.answer_text(cached), shadow.answer_text(fresh),
                                        ctl.encoder.encode, policy.shadow.min_answer_similarity,
                                        plan.key is not None and plan.key.temperature == 0)

@@ -22,8 +22,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from controller import openai_format as oai
 from controller.backends import BackendPool, Lease
+from controller.load_monitor import STATUS_PATH
 from controller.metrics import Metrics
-from controller.plan import CATEGORY_HEADER
+from controller.plan import CATEGORY_HEADER, FULL_PROFILE, PROFILE_XARG
 from controller.tasks import TaskSet
 from policies.schema import LoadPolicy
 
@@ -42,8 +43,9 @@ def timeout(seconds: float = DEFAULT_TIMEOUT_SECONDS) -> httpx.Timeout:
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "accept-encoding",
                CATEGORY_HEADER, "cache-control", "x-admin-token"}
 
-#: Called with a complete, non-streamed response body once the backend's answer is over.
-OnComplete = Callable[[dict[str, Any]], Awaitable[None]]
+#: Called with a complete, non-streamed response body once the backend's answer is over, and
+#: the compute profile the backend ran for it.
+OnComplete = Callable[[dict[str, Any], str], Awaitable[None]]
 
 
 class Upstream:
@@ -64,13 +66,21 @@ class Upstream:
         self, path: str, endpoint: str, body: dict[str, Any], client_headers: Iterable[tuple[str, str]],
         info: dict[str, str], policy: LoadPolicy, on_complete: OnComplete | None,
     ) -> Response:
-        """Send to the best backend, the next one on a connection error; 503 when none answers."""
+        """Send to the best backend for the body's compute profile (controller.backends profile
+        pools), the next one on a connection error; 503 when none answers or none serves it."""
         headers = [(k, v) for k, v in client_headers if k.lower() not in HOP_HEADERS]
-        for backend in self.pool.order(policy):
+        xargs = body.get("vllm_xargs") or {}
+        asked = str(xargs.get(PROFILE_XARG, FULL_PROFILE))
+        route = self.pool.route(policy, asked)
+        if not route:
+            return oai.error(503, f"no backend serves compute profile {asked!r} (or full instead): "
+                             f"backends serve {self._served()}", "service_unavailable")
+        for backend, runs in route:
+            sent = body if runs == asked else {**body, "vllm_xargs": {**xargs, PROFILE_XARG: runs}}
             lease = Lease(backend)
             try:
                 upstream = await self.http.send(
-                    self.http.build_request("POST", backend.url + path, json=body, headers=headers), stream=True)
+                    self.http.build_request("POST", backend.url + path, json=sent, headers=headers), stream=True)
             except httpx.HTTPError as exc:
                 lease.release()
                 self.pool.failed(backend)
@@ -78,9 +88,9 @@ class Upstream:
                 log.warning("backend %s failed (%s: %s), trying the next one", backend.url, type(exc).__name__, exc)
                 continue
             self.pool.succeeded(backend)
-            headers_out = info | {"x-backend": backend.url}
+            headers_out = info | {"x-backend": backend.url, "x-adaptive-profile": runs}
             if body.get("stream") and upstream.status_code == 200:
-                return StreamingResponse(self._relay(lease, upstream, endpoint, on_complete), status_code=200,
+                return StreamingResponse(self._relay(lease, upstream, endpoint, on_complete, runs), status_code=200,
                                          media_type="text/event-stream", headers=headers_out)
             try:
                 raw = await upstream.aread()
@@ -98,13 +108,13 @@ class Upstream:
                 except ValueError:
                     parsed = None
                 if isinstance(parsed, dict):
-                    await self._settle(on_complete(parsed))
+                    await self._settle(on_complete(parsed, runs))
             return Response(raw, status_code=upstream.status_code, headers=headers_out,
                             media_type=upstream.headers.get("content-type", "application/json"))
         return oai.error(503, "no backend is reachable", "service_unavailable")
 
     async def _relay(self, lease: Lease, upstream: httpx.Response, endpoint: str,
-                     on_complete: OnComplete | None) -> AsyncIterator[bytes]:
+                     on_complete: OnComplete | None, runs: str) -> AsyncIterator[bytes]:
         """Pass a backend's SSE stream through; hand it on only if it finished normally."""
         assembler = oai.StreamAssembler(endpoint)
         try:
@@ -124,14 +134,18 @@ class Upstream:
             await upstream.aclose()
             lease.release()
         if on_complete is not None and assembler.complete:
-            await self._settle(on_complete(assembler.response()))
+            await self._settle(on_complete(assembler.response(), runs))
+
+    def _served(self) -> str:
+        return "; ".join(f"{b.url}: {'any' if b.serves is None else ','.join(sorted(b.serves))}"
+                         for b in self.pool.backends)
 
     async def models(self, policy: LoadPolicy) -> Response:
         """The backends' model list, each model annotated with its backend's plugin status."""
         for backend in self.pool.order(policy):
             try:
                 listing = await self.http.get(backend.url + "/v1/models")
-                status = await self.http.get(backend.url + "/v1/adaptive/status")
+                status = await self.http.get(backend.url + STATUS_PATH)
             except httpx.HTTPError:
                 self.pool.failed(backend)
                 continue

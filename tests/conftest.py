@@ -126,6 +126,17 @@ class ControllerHandle(ServedApp):
         """The running controller (policy snapshot, load level, cache)."""
         return self.app.state.ctl
 
+    def wait_first_scrape(self, timeout: float = 30.0) -> None:
+        """Wait for the load monitor's first round (it sets the load level: a test that sets the
+        level itself must do so after it)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.ctl.load.rounds == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the load monitor did not run")
+            time.sleep(0.05)
+
 
 @pytest.fixture
 def start_controller(redis_server, encoder, policies_path):

@@ -9,6 +9,8 @@ import sys
 import httpx
 import pytest
 
+from tests.e2e.conftest import SERVER_PROFILES
+
 pytestmark = pytest.mark.engine
 
 
@@ -191,9 +193,12 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
                       .replace(", max_quality_loss: {delta_ppl_pct: 20, min_answer_similarity: 0.6}", ""))  # unmeasured
     ctl = start_controller([vllm_server], config_path=config)
     admin = {"X-Admin-Token": ctl.admin_token}
+    ctl.wait_first_scrape()  # which also read the backend's profiles
     effective = httpx.get(ctl.url + "/admin/effective", headers=admin, timeout=30).json()
     (backend,) = effective["backends"]
     assert backend["up"] and backend["scrape_age_seconds"] < 60 and backend["score"] < 1.0  # scraped, idle
+    assert backend["serves"] == sorted({"full", *SERVER_PROFILES}) and backend["default_profile"] == "full"  # read from
+    # the plugin's status route: an eager engine serves its profiles per request
     assert effective["level"] == 0 and effective["categories"]["chat"]["compute_profile"] == "full"
 
     def calls():

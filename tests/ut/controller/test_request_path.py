@@ -137,6 +137,7 @@ async def test_a_brownout_answer_is_not_served_at_normal_load(
                       .replace("scrape_interval_seconds: 2.0", "scrape_interval_seconds: 3600"))
     ctl = start_controller([sim_backend], config_path=config)
     named = {"X-Adaptive-Category": "chat"}
+    ctl.wait_first_scrape()
     ctl.ctl.load.level = 2
     brownout = chat(ctl.url, "Tell me something nice", headers=named)
     assert brownout.headers["x-adaptive-profile"] == "fast" and brownout.headers["x-cache"] == "MISS"
