@@ -60,6 +60,60 @@ def report(accept: np.ndarray, records: list[dict]) -> dict:
     return out
 
 
+Split = tuple[list[dict], np.ndarray, np.ndarray, dict[str, np.ndarray]]  # records, cosine, labels, verifier scores
+
+
+def load_splits(encoder) -> dict[str, Split]:
+    """The generated train and held-back pairs (bench.hard_negatives) with their similarities and
+    every verifier's scores."""
+    data = {}
+    for split in ("train", "heldback"):
+        path = PAIRS / f"{split}.jsonl.gz"
+        records = calibrate.read_pairs(path)
+        sims = calibrate.similarities(records, encoder, cache=path)
+        labels = np.array([r["label"] for r in records])
+        data[split] = (records, sims, labels, calibrate.verifier_scores(records, sims))
+    return data
+
+
+def accepted(split: Split, choose) -> np.ndarray:
+    """Which pairs are served when category c uses `choose(c)` = (threshold, verifier, min_score)."""
+    records, sims, _, scores = split
+    accept = np.zeros(len(records), bool)
+    for cat in CATEGORIES:
+        mask = np.array([r["category"] == cat for r in records])
+        t, name, m = choose(cat)
+        accept[mask] = (sims[mask] >= t) & (scores[name][mask] >= m)
+    return accept
+
+
+def global_threshold(train: Split, bound: float) -> tuple[float, str]:
+    """The one cosine threshold (all categories) with the highest training hit rate whose false-hit
+    upper limit on training negatives is within `bound`: what a threshold-only cache can do."""
+    _, sims, labels, scores = train
+    try:
+        chosen = calibrate.calibrate(sims, labels, {"threshold": scores["threshold"]}, bound)
+        return chosen.threshold, "meets the bound on training pairs"
+    except calibrate.Refusal as exc:  # cosine alone cannot: take the strictest threshold below exact repeats
+        return float(calibrate.THRESHOLDS[-1]), f"refused ({exc}); strictest grid value used"
+
+
+def operating_points(train: Split, bound: float, per_kind: bool = True) -> tuple[dict, dict[str, str]]:
+    """Per category, the verified operating point calibrate-cache picks on the training pairs
+    (bound on each kind of negative, or on all pooled), and the categories it refuses (why)."""
+    records, sims, labels, scores = train
+    kinds = np.array([r["kind"] for r in records])
+    points, refusals = {}, {}
+    for cat in CATEGORIES:
+        mask = np.array([r["category"] == cat for r in records])
+        try:
+            points[cat] = calibrate.calibrate(sims[mask], labels[mask], {k: v[mask] for k, v in scores.items()},
+                                              bound, kinds=kinds[mask] if per_kind else None)
+        except calibrate.Refusal as exc:
+            refusals[cat] = str(exc)
+    return points, refusals
+
+
 def verifier_latency(records: list[dict], sims: np.ndarray, k: int = 4, n: int = 2000) -> dict:
     """Per-query cost of verifying k candidates (the stored texts' signatures warm, as in a cache)."""
     rng = np.random.default_rng(0)
@@ -90,22 +144,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     encoder = embeddings.load(args.encoder)
-    data = {}
-    for split in ("train", "heldback"):
-        path = PAIRS / f"{split}.jsonl.gz"
-        records = calibrate.read_pairs(path)
-        sims = calibrate.similarities(records, encoder, cache=path)
-        labels = np.array([r["label"] for r in records])
-        data[split] = (records, sims, labels, calibrate.verifier_scores(records, sims))
-
-    def per_category(split: str, choose) -> np.ndarray:
-        records, sims, _, scores = data[split]
-        accept = np.zeros(len(records), bool)
-        for cat in CATEGORIES:
-            mask = np.array([r["category"] == cat for r in records])
-            t, name, m = choose(cat)
-            accept[mask] = (sims[mask] >= t) & (scores[name][mask] >= m)
-        return accept
+    data = load_splits(encoder)
 
     # (a) today's thresholds
     today = {name: float(t) for name, t in (item.split("=") for item in args.today.split(","))}
@@ -113,26 +152,16 @@ def main() -> None:
     # (b) one global threshold, chosen on training pairs
     tr_records, tr_sims, tr_labels, tr_scores = data["train"]
     tr_kinds = np.array([r["kind"] for r in tr_records])
-    try:
-        glob = calibrate.calibrate(tr_sims, tr_labels, {"threshold": tr_scores["threshold"]}, args.bound)
-        global_t, global_note = glob.threshold, "meets the bound on training pairs"
-    except calibrate.Refusal as exc:  # cosine alone cannot: take the strictest threshold below exact repeats
-        global_t, global_note = float(calibrate.THRESHOLDS[-1]), f"refused ({exc}); strictest grid value used"
+    global_t, global_note = global_threshold(data["train"], args.bound)
     settings["threshold_global"] = {cat: (global_t, "threshold", 1.0) for cat in CATEGORIES}
     # (c) verified, calibrated per category on training pairs: the bound on each kind of negative
     # (calibrate-cache's default), and on all negatives pooled (`--pooled`)
     points, refusals = {}, {}
     for label, per_kind in (("verified", True), ("verified_pooled", False)):
-        for cat in CATEGORIES:
-            mask = np.array([r["category"] == cat for r in tr_records])
-            try:
-                points[label, cat] = calibrate.calibrate(tr_sims[mask], tr_labels[mask],
-                                                         {k: v[mask] for k, v in tr_scores.items()}, args.bound,
-                                                         kinds=tr_kinds[mask] if per_kind else None)
-            except calibrate.Refusal as exc:
-                refusals[f"{label}/{cat}"] = str(exc)
-        settings[label] = {cat: (p.threshold, p.verifier, p.min_score) for (lbl, cat), p in points.items()
-                           if lbl == label}
+        chosen, refused = operating_points(data["train"], args.bound, per_kind)
+        points |= {(label, cat): p for cat, p in chosen.items()}
+        refusals |= {f"{label}/{cat}": why for cat, why in refused.items()}
+        settings[label] = {cat: (p.threshold, p.verifier, p.min_score) for cat, p in chosen.items()}
     # the same calibration restricted to each single verifier (which one wins where)
     per_verifier = {}
     for name in verify.VERIFIERS:
@@ -157,7 +186,7 @@ def main() -> None:
         choose = setting.get
         results["settings"][label] = {
             "points": {c: list(v) for c, v in setting.items()},
-            "heldback": report(per_category("heldback", lambda c: choose(c, (1.01, "threshold", 1.0))), data["heldback"][0]),
+            "heldback": report(accepted(data["heldback"], lambda c: choose(c, (1.01, "threshold", 1.0))), data["heldback"][0]),
         }
     results["verifier_latency"] = verifier_latency(data["heldback"][0], data["heldback"][1])
     a = results["settings"]["today"]["heldback"]["overall"]["positive_hit_rate"]
