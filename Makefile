@@ -1,5 +1,6 @@
 # make run   - set up, then start vLLM (CPU, adaptive plugin, SmolLM2) + controller + Redis
 # make test  - set up, then run the whole test suite
+# make bench - set up, then run every benchmark (one at a time) and write bench/REPORT.md
 VENV ?= .venv
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
@@ -17,6 +18,9 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python -m bench all
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--probes", type=int, default=2000)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the held-back quality figures (they need bench.hard_negatives' pairs encoded)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     out = Path(args.out)
@@ -211,7 +213,7 @@ def main() -> None:
         row = next(r for r in system["sizes"] if r["entries"] == mid)
         system["break_even_hit_rate"] = {"entries": mid, "rate": break_even(row["miss"]["p50_ms"] + embed,
                                                                             row["hit"]["p50_ms"] + embed)}
-    result["quality"] = quality()
+    result["quality"] = {} if args.no_quality else quality()
     (out / "cache_compare.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "cache_compare.png")
     print(json.dumps({k: {"break_even": v["break_even_hit_rate"], "tenants": v["tenants"]}
@@ -232,7 +234,7 @@ def plot(result: dict, path: Path) -> None:
     memory = [r.get("redis_mb", 0) + max(r.get("process_rss_mb", 0), 0) + r.get("disk_mb", 0) for r in last]
     axes[1].bar(names, memory)
     axes[1].set(ylabel="MB", title=f"memory at {last[0]['entries']:,} entries (Redis + process + files)")
-    bounds = list(result["quality"])
+    bounds = list(result["quality"])  # empty with --no-quality: an empty panel
     width = 0.35
     for i, label in enumerate(("threshold_only", "verified")):
         axes[2].bar(np.arange(len(bounds)) + i * width, [result["quality"][b][label]["hit_rate"] for b in bounds], width,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import hashlib
 import json
 import random
@@ -356,7 +357,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary: Counter = Counter()
-    files = {s: gzip.open(out / f"{s}.jsonl.gz", "wt") for s in ("train", "heldback")}
+    # mtime 0: the same pairs give the same bytes, so similarities cached under the file's hash
+    # (controller.verify.calibrate.similarities) survive a regeneration
+    files = {s: io.TextIOWrapper(gzip.GzipFile(out / f"{s}.jsonl.gz", "wb", mtime=0), encoding="utf-8")
+             for s in ("train", "heldback")}
     with files["train"], files["heldback"]:
         for rec in generate(args.seed, args.per_category):
             files[rec["split"]].write(json.dumps(rec) + "\n")

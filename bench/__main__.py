@@ -1,0 +1,104 @@
+"""Every benchmark, one after another, then the report.
+
+    python -m bench all [--quick] [--only NAME,...]     (make bench)
+
+Benchmarks run one at a time, each in its own process (they time the same cores: never two at
+once), with a progress line and the elapsed time; a failing one is reported and the rest go on.
+Then bench/REPORT.md is regenerated from bench/results/ (bench.report). `--quick` runs the
+harness end to end on tiny settings into a temporary folder and writes the report there: a
+smoke test of the harness (a few minutes), whose numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import report
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One benchmark command: its full-run arguments, and its --quick ones (None: not in --quick)."""
+
+    name: str
+    module: str
+    full: tuple[str, ...] = ()
+    quick: tuple[str, ...] | None = None
+    takes_out: bool = True  # writes where --out says (else always into bench/results)
+
+
+BENCHES = (
+    Bench("hard_negatives", "bench.hard_negatives", takes_out=False),  # the pairs verified_cache and cache_compare read
+    Bench("verified_cache", "bench.verified_cache"),
+    Bench("threshold_study", "bench.threshold_study"),
+    Bench("classifier", "bench.classifier"),
+    Bench("cache_lookup", "bench.cache_lookup", quick=("--sizes", "500", "--queries", "20")),
+    Bench("cache_compare", "bench.cache_compare",
+          quick=("--sizes", "500", "--queries", "20", "--probes", "100", "--no-quality")),
+    Bench("shadow_check", "bench.shadow_check"),
+    Bench("closed_loop_paraphrase", "bench.closed_loop", ("--trace", "paraphrase")),
+    Bench("closed_loop_zipf", "bench.closed_loop", ("--trace", "zipf")),
+    Bench("fleet_load", "bench.fleet", ("load", "--rates", "25,50,100,150"), takes_out=False),
+    Bench("fleet_soak", "bench.fleet", ("soak", "--rate", "25", "--seconds", "600"), takes_out=False),
+    Bench("fleet_replicas", "bench.fleet", ("replicas", "--n", "200"), takes_out=False),
+    Bench("fleet_breaker", "bench.fleet", ("breaker",), takes_out=False),
+    Bench("skip_pareto", "bench.skip_pareto"),
+    Bench("kv_budget", "bench.kv_budget"),
+    Bench("engine_speed", "bench.engine_speed", ("--reps", "3")),
+    Bench("plugin_overhead", "bench.plugin_overhead", ("--reps", "4")),
+    Bench("proxy_overhead", "bench.proxy_overhead"),
+)
+
+
+def plan(quick: bool, only: set[str] | None, out: Path) -> list[tuple[Bench, list[str]]]:
+    """The commands to run, in order."""
+    chosen = []
+    for bench in BENCHES:
+        if (only is not None and bench.name not in only) or (quick and bench.quick is None):
+            continue
+        args = list(bench.quick if quick and bench.quick is not None else bench.full)
+        if bench.takes_out:
+            args += ["--out", str(out)]
+        chosen.append((bench, [sys.executable, "-m", bench.module, *args]))
+    return chosen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["all"])
+    parser.add_argument("--quick", action="store_true", help="tiny settings into a temporary folder (smoke test)")
+    parser.add_argument("--only", default=None, help=f"comma-separated names of {[b.name for b in BENCHES]}")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    unknown = (only or set()) - {b.name for b in BENCHES}
+    if unknown:
+        parser.error(f"unknown benchmarks {sorted(unknown)}")
+    out = Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else Path("bench/results")
+    steps = plan(args.quick, only, out)
+    logs = out if args.quick else Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    failed = []
+    for i, (bench, command) in enumerate(steps, 1):
+        print(f"[{i}/{len(steps)}] {bench.name}: {' '.join(command[1:])}", flush=True)
+        t0 = time.monotonic()
+        log = logs / f"{bench.name}.log"
+        with open(log, "w") as sink:
+            code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT).returncode
+        print(f"[{i}/{len(steps)}] {bench.name}: {'ok' if code == 0 else f'FAILED (exit {code}, see {log})'} "
+              f"in {time.monotonic() - t0:.0f} s", flush=True)
+        if code != 0:
+            failed.append(bench.name)
+    target = out / "REPORT.md" if args.quick else Path("bench/REPORT.md")
+    target.write_text(report.build(out, link="" if args.quick else "results/"))
+    print(f"report: {target}" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

