@@ -110,7 +110,8 @@ def _pct(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean())}
 
 
-def _rss() -> int:
+def rss_bytes() -> int:
+    """This process's resident memory (also used by bench.cache_compare for this project)."""
     import psutil
 
     return psutil.Process().memory_info().rss
@@ -167,7 +168,7 @@ class GPTCacheAnchor:
         sqlite3.register_adapter(np.uint64, int)
         self.folder = folder
         self.vectors = {t: np.asarray(v, dtype=np.float32) for t, v in vectors.items()}
-        self.base_rss = _rss()
+        self.base_rss = rss_bytes()
         dim = len(next(iter(vectors.values())))
         manager = get_data_manager(CacheBase("sqlite", sql_url=f"sqlite:///{folder}/gptcache.db"),
                                    VectorBase("hnswlib", dimension=dim, max_elements=capacity + 16,
@@ -193,7 +194,7 @@ class GPTCacheAnchor:
 
     def memory(self) -> dict[str, float]:
         disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
-        return {"process_rss_mb": (_rss() - self.base_rss) / 2**20, "disk_mb": disk / 2**20}
+        return {"process_rss_mb": (rss_bytes() - self.base_rss) / 2**20, "disk_mb": disk / 2**20}
 
 
 def measure(anchor, texts: list[str], probes: list[str], queries: int) -> dict:
@@ -238,7 +239,7 @@ def run(spec: dict) -> dict:
     tenant_text = "What is the balance of my account?"
     vectors[tenant_text] = vecs[-1].tolist()  # any vector: the question is asked back verbatim
     probes = texts[-spec["probes"]:]
-    out = {"anchor": spec["anchor"], "sizes": [], "rss_mb_start": _rss() / 2**20}
+    out = {"anchor": spec["anchor"], "sizes": [], "rss_mb_start": rss_bytes() / 2**20}
     with SearchRedis() if spec["anchor"] == "redisvl" else _NoServer() as server:
         for size in spec["sizes"]:
             with tempfile.TemporaryDirectory() as tmp:

@@ -61,10 +61,6 @@ def vectors(n: int, out: Path) -> tuple[list[str], np.ndarray]:
     return texts, vecs
 
 
-def _rss() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
-
-
 async def ours(url: str, texts: list[str], vecs: np.ndarray, probes: np.ndarray, size: int, queries: int) -> dict:
     """This project's cache (in-memory HNSW per category + documents in Redis), as bench.anchors
     measures the others: fill, then misses and hits, embedding excluded."""
@@ -78,7 +74,7 @@ async def ours(url: str, texts: list[str], vecs: np.ndarray, probes: np.ndarray,
     client = aioredis.Redis.from_url(url)
     await client.flushall()
     gc.collect()
-    base_redis, base_rss = (await client.info("memory"))["used_memory"], _rss()
+    base_redis, base_rss = (await client.info("memory"))["used_memory"], anchors.rss_bytes()
     cache = SemanticCache(client, config, vecs.shape[1])
     t0 = time.perf_counter()
     for i in range(size):
@@ -97,7 +93,7 @@ async def ours(url: str, texts: list[str], vecs: np.ndarray, probes: np.ndarray,
     used = (await client.info("memory"))["used_memory"]
     await client.aclose()
     return {"entries": size, "fill_seconds": fill, "miss": pct(miss), "hit": pct(hit), "unexpected_outcomes": wrong,
-            "redis_mb": (used - base_redis) / 2**20, "process_rss_mb": (_rss() - base_rss) / 2**20}
+            "redis_mb": (used - base_redis) / 2**20, "process_rss_mb": (anchors.rss_bytes() - base_rss) / 2**20}
 
 
 async def our_tenants(url: str, vec: np.ndarray) -> dict[str, bool]:
