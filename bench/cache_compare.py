@@ -40,25 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import anchors, plotting
-from bench.cache_lookup import ANSWER, pct, questions
+from bench.cache_lookup import ANSWER, pct, qa_policy, qqp_vectors
 from bench.machine import describe
 from bench.verified_cache import accepted, global_threshold, load_splits, operating_points, report
 
 BACKEND_SECONDS = 0.2
 BOUNDS = (0.01, 0.05)
-
-
-def vectors(n: int, out: Path) -> tuple[list[str], np.ndarray]:
-    """n distinct QQP questions and their MiniLM vectors (cached beside the results)."""
-    from controller import embeddings
-
-    texts = questions(n)
-    cache = out / f"qqp_vectors_{len(texts)}.npy"
-    if cache.exists():
-        return texts, np.load(cache)
-    vecs = embeddings.encode_many(embeddings.load("minilm-fp32-torch"), texts)
-    np.save(cache, vecs)
-    return texts, vecs
 
 
 async def ours(url: str, texts: list[str], vecs: np.ndarray, probes: np.ndarray, size: int, queries: int) -> dict:
@@ -67,10 +54,8 @@ async def ours(url: str, texts: list[str], vecs: np.ndarray, probes: np.ndarray,
     import redis.asyncio as aioredis
 
     from controller.cache import SemanticCache
-    from policies.schema import parse_policies
 
-    config = parse_policies(f"default_category: qa\ncategories:\n  - name: qa\n    policy: "
-                            f"{{similarity_threshold: 0.9, ttl_seconds: 3600, max_entries: {size}}}\n", "bench")
+    config = qa_policy(size)
     client = aioredis.Redis.from_url(url)
     await client.flushall()
     gc.collect()
@@ -102,10 +87,8 @@ async def our_tenants(url: str, vec: np.ndarray) -> dict[str, bool]:
 
     from controller.cache import SemanticCache
     from controller.keys import cache_key
-    from policies.schema import parse_policies
 
-    config = parse_policies("default_category: qa\ncategories:\n  - name: qa\n    policy: "
-                            "{similarity_threshold: 0.9, ttl_seconds: 3600, max_entries: 16}\n", "bench")
+    config = qa_policy(16)
     client = aioredis.Redis.from_url(url)
     await client.flushall()
     cache = SemanticCache(client, config, vec.shape[0])
@@ -129,12 +112,10 @@ def run_anchor(name: str, folder: Path, sizes: list[int], probes: int, queries: 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def quality() -> dict:
+def quality(encoder) -> dict:
     """Held-back hit and false-hit rates at each bound: one global cosine threshold (RedisVL,
     GPTCache) vs this project's per-category verified operating points."""
-    from controller import embeddings
-
-    data = load_splits(embeddings.load())
+    data = load_splits(encoder)
     out: dict = {}
     for bound in BOUNDS:
         threshold, note = global_threshold(data["train"], bound)
@@ -152,11 +133,8 @@ def quality() -> dict:
     return out
 
 
-def embed_seconds(texts: list[str], n: int = 300) -> dict[str, float]:
+def embed_seconds(encoder, texts: list[str], n: int = 300) -> dict[str, float]:
     """The hot-path encoder (int8 ONNX), one query at a time: what every system pays per lookup."""
-    from controller import embeddings
-
-    encoder = embeddings.load()
     times = []
     for text in texts[:n]:
         t0 = time.perf_counter()
@@ -172,6 +150,7 @@ def break_even(miss_ms: float, hit_ms: float) -> float:
 
 
 def main() -> None:
+    from controller import embeddings
     from controller.redis_server import EmbeddedRedis
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,7 +165,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("[cache_compare] anchors' venv:", anchors.setup(), flush=True)
-    texts, vecs = vectors(max(sizes) + args.probes, out)
+    texts, vecs = qqp_vectors(max(sizes) + args.probes, out)
     result: dict = {"machine": describe(), "sizes": sizes, "queries": args.queries, "backend_seconds": BACKEND_SECONDS,
                     "systems": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,14 +181,15 @@ def main() -> None:
         for name in ("redisvl", "gptcache"):
             print(f"[cache_compare] {name} ...", flush=True)
             result["systems"][name] = run_anchor(name, folder, sizes, args.probes, args.queries)
-    result["embedding"] = embed_seconds(texts[-args.probes:])
+    encoder = embeddings.load()  # the hot-path encoder, for the embedding time and the quality figures
+    result["embedding"] = embed_seconds(encoder, texts[-args.probes:])
     embed = result["embedding"]["p50_ms"]
     mid = sizes[len(sizes) // 2]
     for system in result["systems"].values():
         row = next(r for r in system["sizes"] if r["entries"] == mid)
         system["break_even_hit_rate"] = {"entries": mid, "rate": break_even(row["miss"]["p50_ms"] + embed,
                                                                             row["hit"]["p50_ms"] + embed)}
-    result["quality"] = {} if args.no_quality else quality()
+    result["quality"] = {} if args.no_quality else quality(encoder)
     (out / "cache_compare.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "cache_compare.png")
     print(json.dumps({k: {"break_even": v["break_even_hit_rate"], "tenants": v["tenants"]}
