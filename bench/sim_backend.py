@@ -30,6 +30,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
+from vllm_adaptive.endpoint import STATUS_PATH
+
 
 def _sse(obj: dict[str, Any] | str) -> bytes:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
@@ -152,7 +154,7 @@ def build(slots: int, service_seconds: float, speedups: dict[str, float] | None 
         return {"object": "list", "data": [{"id": "sim", "object": "model"}]}
 
     if serves is not None:
-        @app.get("/v1/adaptive/status")
+        @app.get(STATUS_PATH)
         async def status() -> dict:  # the parts of vllm_adaptive.endpoint's answer a controller reads
             table = {"default": serves[0], "profiles": {name: {} for name in serves}}
             return {"plugin": "adaptive", "active": True, "workers": [{"profiles": table}]}

@@ -16,6 +16,7 @@ from controller.metrics import Metrics
 from controller.plan import FULL_PROFILE
 from controller.snapshot import PolicySnapshot
 from policies.load import fleet_pressure, load_score, next_level
+from vllm_adaptive.endpoint import STATUS_PATH
 
 log = logging.getLogger("controller.load")
 
@@ -55,8 +56,7 @@ async def scrape(http: httpx.AsyncClient, backend: Backend) -> bool:
     return True
 
 
-#: The plugin's status route (vllm_adaptive.endpoint.STATUS_PATH) and how often it is re-read.
-STATUS_PATH = "/v1/adaptive/status"
+#: How often a backend's profiles are re-read from the plugin's status route.
 PROFILES_REFRESH_SECONDS = 30.0
 
 

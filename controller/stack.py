@@ -24,6 +24,7 @@ from controller.serve import run_controller
 from controller.snapshot import load_policies
 from policies.schema import PolicyError
 from vllm_adaptive import model_store
+from vllm_adaptive.endpoint import STATUS_PATH
 
 VLLM_START_TIMEOUT = 600.0
 
@@ -50,7 +51,7 @@ def run_stack(args: argparse.Namespace) -> int:
             with open(log_path) as fh:
                 print("".join(fh.readlines()[-30:]), file=sys.stderr)
             return 1
-        status = httpx.get(vllm_url + "/v1/adaptive/status", timeout=10).json()
+        status = httpx.get(vllm_url + STATUS_PATH, timeout=10).json()
         workers = ", ".join(f"pid {w['pid']} runs {w['runtime_model_class']}" for w in status["workers"])
         print(f"[up] vLLM ready at {vllm_url}; plugin active={status['active']} ({workers})", flush=True)
 

@@ -22,11 +22,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from controller import openai_format as oai
 from controller.backends import BackendPool, Lease
-from controller.load_monitor import STATUS_PATH
 from controller.metrics import Metrics
 from controller.plan import CATEGORY_HEADER, FULL_PROFILE, PROFILE_XARG
 from controller.tasks import TaskSet
 from policies.schema import LoadPolicy
+from vllm_adaptive.endpoint import STATUS_PATH
 
 log = logging.getLogger("controller.upstream")
 
