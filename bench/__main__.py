@@ -16,44 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench import report
-
-
-@dataclass(frozen=True)
-class Bench:
-    """One benchmark command: its full-run arguments, and its --quick ones (None: not in --quick)."""
-
-    name: str
-    module: str
-    full: tuple[str, ...] = ()
-    quick: tuple[str, ...] | None = None
-    takes_out: bool = True  # writes where --out says (else always into bench/results)
-
-
-BENCHES = (
-    Bench("hard_negatives", "bench.hard_negatives", takes_out=False),  # the pairs verified_cache and cache_compare read
-    Bench("verified_cache", "bench.verified_cache"),
-    Bench("threshold_study", "bench.threshold_study"),
-    Bench("classifier", "bench.classifier"),
-    Bench("cache_lookup", "bench.cache_lookup", quick=("--sizes", "500", "--queries", "20")),
-    Bench("cache_compare", "bench.cache_compare",
-          quick=("--sizes", "500", "--queries", "20", "--probes", "100", "--no-quality")),
-    Bench("shadow_check", "bench.shadow_check"),
-    Bench("closed_loop_paraphrase", "bench.closed_loop", ("--trace", "paraphrase")),
-    Bench("closed_loop_zipf", "bench.closed_loop", ("--trace", "zipf")),
-    Bench("fleet_load", "bench.fleet", ("load", "--rates", "25,50,100,150"), takes_out=False),
-    Bench("fleet_soak", "bench.fleet", ("soak", "--rate", "25", "--seconds", "600"), takes_out=False),
-    Bench("fleet_replicas", "bench.fleet", ("replicas", "--n", "200"), takes_out=False),
-    Bench("fleet_breaker", "bench.fleet", ("breaker",), takes_out=False),
-    Bench("skip_pareto", "bench.skip_pareto"),
-    Bench("kv_budget", "bench.kv_budget"),
-    Bench("engine_speed", "bench.engine_speed", ("--reps", "3")),
-    Bench("plugin_overhead", "bench.plugin_overhead", ("--reps", "4")),
-    Bench("proxy_overhead", "bench.proxy_overhead"),
-)
+from bench.suite import BENCHES, Bench
 
 
 def plan(quick: bool, only: set[str] | None, out: Path) -> list[tuple[Bench, list[str]]]:

@@ -17,27 +17,12 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.machine import describe
+from bench.suite import BENCHES
 
-#: result file -> the command that writes it (what the report cites beside each figure)
-COMMANDS = {
-    "engine_speed.json": "python -m bench.engine_speed --reps 3",
-    "cache_compare.json": "python -m bench.cache_compare",
-    "verified_cache.json": "python -m bench.hard_negatives && python -m bench.verified_cache",
-    "cache_lookup.json": "python -m bench.cache_lookup",
-    "fleet_load.json": "python -m bench.fleet load --rates 25,50,100,150",
-    "fleet_soak.json": "python -m bench.fleet soak --rate 25 --seconds 600",
-    "fleet_replicas.json": "python -m bench.fleet replicas --n 200",
-    "fleet_breaker.json": "python -m bench.fleet breaker",
-    "kv_budget.json": "python -m bench.kv_budget",
-    "skip_pareto.json": "python -m bench.skip_pareto",
-    "plugin_overhead.json": "python -m bench.plugin_overhead --reps 4",
-    "proxy_overhead.json": "python -m bench.proxy_overhead",
-    "closed_loop_paraphrase.json": "python -m bench.closed_loop --trace paraphrase",
-    "closed_loop_zipf.json": "python -m bench.closed_loop --trace zipf",
+#: result file -> the command that writes it (what the report cites beside each figure); the
+#: closed loop against a real vLLM is not part of `bench all` (it needs the SmolLM2 server).
+COMMANDS = {f"{b.name}.json": b.command() for b in BENCHES if b.name != "hard_negatives"} | {
     "closed_loop_paraphrase_vllm.json": "python -m bench.closed_loop --trace paraphrase --backend vllm",
-    "classifier.json": "python -m bench.classifier",
-    "threshold_study.json": "python -m bench.threshold_study",
-    "shadow_check.json": "python -m bench.shadow_check",
 }
 
 
