@@ -76,25 +76,15 @@ class CircuitBreaker:
         self.cooldown = self.base_cooldown
 
 
-async def guarded(breakers: list[CircuitBreaker], op: Callable[[], Awaitable[T]], timeout: float) -> T:
-    """Run one Redis round-trip under `breakers` (all must admit it) and a deadline."""
-    admitted: list[CircuitBreaker] = []
-    try:
-        for breaker in breakers:
-            breaker.admit()
-            admitted.append(breaker)
-    except BreakerOpen:
-        for breaker in admitted:
-            breaker.probing = False
-        raise
+async def guarded(breaker: CircuitBreaker, op: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """Run one Redis round-trip under `breaker` (it must admit it) and a deadline."""
+    breaker.admit()
     try:
         result = await asyncio.wait_for(op(), timeout)
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        for breaker in breakers:
-            breaker.failed(exc)
+        breaker.failed(exc)
         raise BreakerOpen(f"Redis operation failed: {type(exc).__name__}: {exc}") from exc
-    for breaker in breakers:
-        breaker.succeeded()
+    breaker.succeeded()
     return result
 
 
@@ -169,7 +159,7 @@ class GuardedRedis:
         map, so that once a replica is promoted the slots it took over are routed to it (and to its
         own, closed, breaker)."""
         try:
-            return await guarded([self.breaker(node)], op, timeout)
+            return await guarded(self.breaker(node), op, timeout)
         except BreakerOpen:
             if self.cluster:
                 self._refresh_slots()
