@@ -23,13 +23,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import data, plotting
+from bench import child, data, plotting
 
 BATCHES = (1, 8, 32)
 NEW_TOKENS = 64
@@ -85,14 +83,10 @@ def cpu_flags() -> list[str]:
 
 
 def run_mode(spec: dict, env: dict[str, str], log) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.engine_speed", "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    log.write(proc.stderr[-20000:])
+    measured, stderr = child.run("bench.engine_speed", ["--worker", json.dumps(spec)], env)
+    log.write(stderr[-20000:])
     log.flush()
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {"error": proc.stderr[-2000:]}
-    return json.loads(lines[-1][7:])
+    return {"error": stderr[-2000:]} if measured is None else measured
 
 
 def main() -> None:
@@ -107,7 +101,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT", json.dumps(worker(json.loads(args.worker))), flush=True)
+        child.emit(worker(json.loads(args.worker)))
         return
 
     from vllm_adaptive import cli, model_store

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import plotting
+from bench import child, plotting
 from vllm_adaptive.profiles import ModelSpec, Profile, ProfileSet
 
 os.environ.setdefault("VLLM_PLUGINS", "adaptive")
@@ -143,7 +143,7 @@ def main() -> None:
     model = str(model_store.ensure())
     kv_bytes = args.kv_mib << 20
     if args.worker:
-        print("RESULT", json.dumps(worker(model, args.worker, kv_bytes)), flush=True)
+        child.emit(worker(model, args.worker, kv_bytes))
         return
     path = Path(args.profiles)
     if not path.exists():
@@ -161,13 +161,10 @@ def main() -> None:
         for name, entry in configs.items():
             file = ProfileSet.of(served, [Profile(name, entry.skip, kv=entry.kv)], default=name).dump(
                 Path(tmp) / f"{name}.json")
-            proc = subprocess.run([sys.executable, "-m", "bench.kv_budget", "--kv-mib", str(args.kv_mib),
-                                   "--worker", str(file)], capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(f"{name}: engine failed\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+            res, stderr = child.run("bench.kv_budget", ["--kv-mib", str(args.kv_mib), "--worker", str(file)])
+            if res is None:
+                print(f"{name}: engine failed\n{stderr[-3000:]}", file=sys.stderr, flush=True)
                 continue
-            res = json.loads(lines[-1][7:])
             kv_plan = plan(entry.kv_budgets(served.num_layers))
             page = res["block_size"] * TOKEN_BYTES
             res |= {"strategy": entry.strategy, "kv_fraction": entry.kv_fraction, "skip": sorted(entry.skip),
