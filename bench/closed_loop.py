@@ -5,8 +5,9 @@ capacity, with no cache, static per-category policies, and load-based policies.
                                 [--factual-floors 0.95,0.92,0.90,0.88] [--backend sim|vllm]
 
 Backends. `sim` (bench/sim_backend.py, documented service-time model: 4 slots x 0.4 s = 10 req/s;
-a brownout profile shortens service by the speed-up measured on the real plugin,
-bench/results/skip_pareto.json) for the sweeps. `vllm`: the real `vllm-adaptive serve` on
+a brownout profile shortens service by the speed-up measured on the real plugin relative to its
+own `full` in the same eager engine, bench/results/skip_pareto.json — not a speed-up over stock
+vLLM compiled, see bench.engine_speed) for the sweeps. `vllm`: the real `vllm-adaptive serve` on
 SmolLM2 (CPU) with the calibrated skip profiles; its capacity is measured first (requests/s
 with 8 concurrent clients, 32 new tokens each) and the rates are multiples of it.
 
