@@ -6,11 +6,14 @@ Runs the model with transformers on the CPU (same weights vLLM serves):
 2. skip sets for each budget and strategy (balanced, calibrated, random);
 3. quality of each set on *held-back* text: perplexity, ΔPPL, top-1 next-token agreement
    and KL(full || skipped) against the full model;
-4. KV budgets: each layer's sensitivity to having its KV cut to a short window (ΔPPL on long
-   calibration chunks when that layer alone attends to only the last `probe` tokens), per-layer
-   budgets from each allocation strategy (uniform, pyramid, sensitivity) at each fraction of a
-   full context's KV, and their quality on long held-back chunks. A window here is the same
-   computation as vLLM's sliding window (each query sees the last W positions of that layer).
+4. KV budgets: two per-layer signals — the perplexity cost of cutting that layer alone to a short
+   window (ΔPPL on long calibration chunks), and its retrieval cost (the answer's NLL on synthetic
+   pass-key prompts built from calibration text, a fact placed far behind the window) — each
+   measured with plain windows and with sink + window probes; per-layer budgets from each
+   allocation strategy (uniform, pyramid, sensitivity, retrieval), with and without sink tokens,
+   at each fraction of a full context's KV, and their quality on long held-back chunks. A window
+   here is the same computation as vLLM's (each query sees the last W positions of that layer,
+   and the first S with sinks).
 Profiles worse than the quality floor (--max-ppl-increase) are refused, with the reason.
 """
 
@@ -30,6 +33,9 @@ from vllm_adaptive import category_data, envs, kv, profiles
 from vllm_adaptive.skip import STRATEGIES
 
 CHUNK = 256
+
+#: A windowed layer's budget in a Variant: a window of n tokens or a sink + window.
+Window = int | kv.SinkWindow
 
 
 def pydoc_text(part: str) -> str:
@@ -68,21 +74,23 @@ class SkippableModel:
         self.layers = self.model.model.layers
         self.num_layers = len(self.layers)
 
-    def logits(self, ids: torch.Tensor, skip: Iterable[int] = (), windows: dict[int, int] | None = None) -> torch.Tensor:
-        """Next-token logits with `skip` left out and layer i attending to its last windows[i] tokens."""
+    def logits(self, ids: torch.Tensor, skip: Iterable[int] = (), windows: dict[int, Window] | None = None,
+               last: int = 0) -> torch.Tensor:
+        """Next-token logits with `skip` left out and layer i attending as its budget windows[i] says
+        (of the `last` positions only when > 0: the vocabulary projection dominates long inputs)."""
         skip = set(skip)
         self.model.model.layers = nn.ModuleList([l for i, l in enumerate(self.layers) if i not in skip])
         handles = [self.layers[i].register_forward_pre_hook(_window_hook(w), with_kwargs=True)
-                   for i, w in (windows or {}).items() if w < len(ids) and i not in skip]
+                   for i, w in (windows or {}).items() if kv.span(w) < len(ids) and i not in skip]
         try:
             with torch.inference_mode():
-                return self.model(ids[None], use_cache=False).logits[0].float()
+                return self.model(ids[None], use_cache=False, logits_to_keep=last).logits[0].float()
         finally:
             self.model.model.layers = self.layers
             for h in handles:
                 h.remove()
 
-    def nll(self, data: list[torch.Tensor], skip: Iterable[int] = (), windows: dict[int, int] | None = None) -> float:
+    def nll(self, data: list[torch.Tensor], skip: Iterable[int] = (), windows: dict[int, Window] | None = None) -> float:
         """Mean next-token negative log-likelihood over `data`."""
         total, count = 0.0, 0
         for ids in data:
@@ -124,13 +132,16 @@ def _identity_hook(module, args, output):
     return args[0]
 
 
-def _window_hook(window: int):
-    """Pre-hook giving one decoder layer a sliding-window causal mask (query at position p sees
-    positions p-window+1..p), for a whole sequence or a KV-cached step alike."""
+def _window_hook(budget: Window):
+    """Pre-hook giving one decoder layer a sliding-window causal mask (query at position q sees
+    k in q-W+1..q, and k < S too with a SinkWindow(S, W)), for a whole sequence or a KV-cached
+    step alike: the mask vLLM applies (vllm_adaptive.attention.sink_window for sinks)."""
+    sink, window = (budget.sink, budget.window) if isinstance(budget, kv.SinkWindow) else (0, budget)
+
     def hook(module, args, kwargs):
-        q = kwargs["position_ids"][0]
-        k = torch.arange(int(q[-1]) + 1, device=q.device)
-        mask = ((k[None, :] <= q[:, None]) & (q[:, None] - k[None, :] < window))[None, None]
+        q = kwargs["position_ids"][0][:, None]
+        k = torch.arange(int(q[-1]) + 1, device=q.device)[None, :]
+        mask = ((k <= q) & ((k < sink) | (q - k < window)))[None, None]
         return args, {**kwargs, "attention_mask": mask}
     return hook
 
@@ -180,16 +191,16 @@ class Variant:
     """A model variant to evaluate: layers left out and per-layer KV windows."""
 
     skip: frozenset[int] = frozenset()
-    windows: tuple[tuple[int, int], ...] = ()
+    windows: tuple[tuple[int, Window], ...] = ()
 
     @classmethod
     def of(cls, profile: profiles.Profile) -> Variant:
-        """The computation a profile's file entry describes (its skip set and token windows)."""
-        return cls(profile.skip, tuple((i, b) for i, b in enumerate(profile.kv) if isinstance(b, int)))
+        """The computation a profile's file entry describes (its skip set and windows)."""
+        return cls(profile.skip, tuple((i, b) for i, b in enumerate(profile.kv) if kv.span(b) is not None))
 
     def changes(self, length: int) -> bool:
         """Whether a sequence of `length` tokens computes differently from the full model."""
-        return bool(self.skip) or any(w < length for _, w in self.windows)
+        return bool(self.skip) or any(kv.span(w) < length for _, w in self.windows)
 
 
 def evaluate(m: SkippableModel, data: list[torch.Tensor], variants: dict[str, Variant],
@@ -218,13 +229,54 @@ def evaluate(m: SkippableModel, data: list[torch.Tensor], variants: dict[str, Va
     }
 
 
-def kv_sensitivity(m: SkippableModel, data: list[torch.Tensor], probe: int) -> list[float]:
-    """ΔPPL (%) when one layer at a time keeps only its last `probe` tokens of KV."""
+def kv_sensitivity(m: SkippableModel, data: list[torch.Tensor], probe: Window) -> list[float]:
+    """ΔPPL (%) when one layer at a time keeps only the `probe` budget of KV."""
     base = math.exp(m.nll(data))
     return [
         100 * (math.exp(m.nll(data, windows={i: probe})) / base - 1)
-        for i in tqdm(range(m.num_layers), desc=f"KV sensitivity (window {probe})")
+        for i in tqdm(range(m.num_layers), desc=f"KV perplexity sensitivity ({kv.budget_json(probe)})")
     ]
+
+
+#: Names for the synthetic pass-key prompts (a task unlike the bench's "magic number" needles).
+_KEY_NAMES = ("Alder", "Birch", "Cedar", "Dogwood", "Elm", "Fir", "Ginkgo", "Hazel", "Juniper", "Larch", "Maple", "Oak")
+
+
+def passkey_prompts(tokenizer, text: str, n: int, length: int, seed: int = 1) -> list[tuple[torch.Tensor, int]]:
+    """`n` prompts of `length` tokens: calibration text with one "access code" line placed at 10-40 %
+    depth (far behind the probe window), a question, and the answer's tokens (ids, answer length)."""
+    import random
+
+    rng = random.Random(seed)
+    hay = tokenizer(text).input_ids
+    out = []
+    for i in range(n):
+        name, code = _KEY_NAMES[i % len(_KEY_NAMES)], str(rng.randint(100000, 999999))
+        fact = tokenizer(f"\nNote: the access code for {name} is {code}.\n").input_ids
+        question = tokenizer(f"\n\nQuestion: what is the access code for {name}?\n"
+                             f"Answer: the access code for {name} is").input_ids
+        answer = tokenizer(f" {code}").input_ids
+        start = rng.randint(0, len(hay) - length)
+        body = hay[start : start + length - len(fact) - len(question) - len(answer)]
+        cut = int(rng.uniform(0.1, 0.4) * len(body))
+        out.append((torch.tensor(body[:cut] + fact + body[cut:] + question + answer), len(answer)))
+    return out
+
+
+def answer_nll(m: SkippableModel, prompts: list[tuple[torch.Tensor, int]], windows: dict[int, Window] | None = None) -> float:
+    """Mean NLL per answer token of the pass-key prompts."""
+    total = 0.0
+    for ids, n in prompts:
+        logp = torch.log_softmax(m.logits(ids, windows=windows, last=n + 1)[:-1], -1)
+        total += -logp.gather(1, ids[-n:, None]).mean().item()
+    return total / len(prompts)
+
+
+def kv_retrieval(m: SkippableModel, prompts: list[tuple[torch.Tensor, int]], probe: Window) -> list[float]:
+    """Increase of the pass-key answer NLL when one layer at a time keeps only the `probe` budget."""
+    base = answer_nll(m, prompts)
+    return [answer_nll(m, prompts, {i: probe}) - base
+            for i in tqdm(range(m.num_layers), desc=f"KV retrieval sensitivity ({kv.budget_json(probe)})")]
 
 
 def default_tier_size(num_layers: int, tiers: int = 6) -> int:
@@ -237,23 +289,59 @@ class KVSettings:
     """What `calibrate` does for KV budgets (`fractions` empty: nothing)."""
 
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    strategies: tuple[str, ...] = ("uniform", "pyramid", "sensitivity")
+    strategies: tuple[str, ...] = ("uniform", "pyramid", "sensitivity", "retrieval")
     reference_tokens: int = 2048  # the context length the fractions refer to
-    probe_tokens: int = 512  # window of the sensitivity probe
+    probe_tokens: int = 512  # window of the sensitivity probes
     block_size: int = 128  # vLLM's KV block on the CPU backend; windows are whole blocks
     calib_chunks: int = 2
     eval_chunks: int = 4
+    sink: int = 4  # sink tokens of the sink + window allocations (0: plain windows only)
+    retrieval_prompts: int = 6
+    retrieval_tokens: int = 1024  # length of a pass-key prompt
+
+    @property
+    def sinks(self) -> tuple[int, ...]:
+        """Sink counts to allocate with: plain windows, and sinks when asked for."""
+        return (0, self.sink) if self.sink else (0,)
 
 
-def kv_allocations(num_layers: int, sensitivity: list[float], s: KVSettings, tier: int) -> dict[str, tuple[str, float, list[kv.Budget]]]:
-    """name -> (strategy, fraction, per-layer budgets) for every strategy and fraction."""
+def kv_allocations(num_layers: int, signals: dict[int, kv.LayerSignals], s: KVSettings,
+                   tier: int) -> tuple[dict[str, tuple[str, float, list[kv.Budget]]], list[str]]:
+    """name -> (strategy, fraction, per-layer budgets) for every strategy, sink count and fraction
+    (`signals`: what was measured with each sink count's probe), and why any could not be made."""
     layers = list(range(num_layers))
-    out = {}
+    out, refused = {}, []
     for sname in s.strategies:
-        strategy = kv.STRATEGIES[sname]()
-        for f in s.fractions:
-            budgets = strategy.allocate(f, layers, num_layers, s.reference_tokens, s.block_size, tier, sensitivity)
-            out[f"kv-{sname}-{round(100 * f)}"] = (sname, f, budgets)
+        for sink in s.sinks:
+            strategy = kv.STRATEGIES[sname](sink=sink)
+            label = f"{sname}-sink{sink}" if sink else sname
+            for f in s.fractions:
+                name = f"kv-{label}-{round(100 * f)}"
+                try:
+                    budgets = strategy.allocate(f, layers, num_layers, s.reference_tokens, s.block_size, tier,
+                                                signals[sink])
+                except ValueError as exc:  # e.g. the fraction is below a one-block window plus the sinks
+                    refused.append(f"{name} not allocated: {exc}")
+                    continue
+                out[name] = (label, f, budgets)
+    return out, refused
+
+
+def _top(values: list[float], n: int) -> list[int]:
+    """The `n` layers a signal ranks costliest (reported: which layers each signal picks)."""
+    return sorted(range(len(values)), key=lambda i: -values[i])[:n]
+
+
+def kv_signals(m: SkippableModel, tok, data: str, s: KVSettings) -> dict[int, kv.LayerSignals]:
+    """The per-layer signals for each sink count (probes of `probe_tokens`, with those sinks)."""
+    long_calib = chunks(tok, read_text(data), s.calib_chunks, s.reference_tokens)
+    need_retrieval = "retrieval" in s.strategies
+    keys = passkey_prompts(tok, read_text(data), s.retrieval_prompts, s.retrieval_tokens) if need_retrieval else []
+    out = {}
+    for sink in s.sinks:
+        probe: Window = kv.SinkWindow(sink, s.probe_tokens) if sink else s.probe_tokens
+        out[sink] = kv.LayerSignals(kv_sensitivity(m, long_calib, probe),
+                                    kv_retrieval(m, keys, probe) if need_retrieval else None)
     return out
 
 
@@ -288,11 +376,12 @@ def calibrate(
     quality = evaluate(m, held, {n: Variant(skip) for n, skip in sets.items()})
     built = {name: profiles.Profile(name, skip, strategy_of.get(name, "none")) for name, skip in sets.items()}
     kv_doc: dict[str, Any] = {}
+    not_allocated: list[str] = []
     if kv_settings and kv_settings.fractions:
         s = kv_settings
-        sensitivity = kv_sensitivity(m, chunks(tok, read_text(data), s.calib_chunks, s.reference_tokens), s.probe_tokens)
+        signals = kv_signals(m, tok, data, s)
         tier = default_tier_size(m.num_layers)
-        allocations = kv_allocations(m.num_layers, sensitivity, s, tier)
+        allocations, not_allocated = kv_allocations(m.num_layers, signals, s, tier)
         long_held = chunks(tok, read_text(eval_data), s.eval_chunks, s.reference_tokens)
         variants = {profiles.FULL: Variant()} | {
             n: Variant.of(profiles.Profile(n, kv=tuple(bs))) for n, (_, _, bs) in allocations.items()
@@ -302,9 +391,15 @@ def calibrate(
             quality[name] = kv_quality[name]
             built[name] = profiles.Profile(name, frozenset(), f"kv-{sname}", kv=tuple(bs),
                                            kv_fraction=round(kv.kv_fraction(bs, s.reference_tokens, s.block_size), 4))
-        kv_doc = {**vars(s), "full_quality": vars(kv_quality[profiles.FULL]), "sensitivity": sensitivity,
-                  "tier_size": tier}
-    refused = []
+        kv_doc = {**vars(s), "full_quality": vars(kv_quality[profiles.FULL]), "tier_size": tier,
+                  "sensitivity": signals[0].perplexity, "retrieval": signals[0].retrieval}
+        if s.sink:
+            kv_doc |= {"sensitivity_sink": signals[s.sink].perplexity, "retrieval_sink": signals[s.sink].retrieval}
+        kv_doc["top_layers"] = {f"{signal}{f'-sink{sink}' if sink else ''}": _top(values, tier)
+                                for sink, sig in signals.items()
+                                for signal, values in (("perplexity", sig.perplexity), ("retrieval", sig.retrieval))
+                                if values is not None}
+    refused = list(not_allocated)
     kept = []
     for name, p in built.items():
         q = quality[name]

@@ -10,7 +10,8 @@ The file is portable JSON written by `vllm-adaptive calibrate` (or by hand)::
                   "lean": {"skip": [12, 17], "kv": {"0": "full", "3": 512, "4": 512}}}}
 
 A profile's optional `kv` gives layers a KV budget: `"full"`, a number of tokens (the layer
-keeps a sliding window of that many recent tokens) or `"none"`; either a list with one entry
+keeps a sliding window of that many recent tokens), `{"sink": S, "window": W}` (the first S tokens
+and the latest W) or `"none"`; either a list with one entry
 per layer or an object {layer: budget} (unnamed layers: full). A skipped layer always has
 `"none"`. vLLM sizes its KV pool once, at start-up, so the *default* profile's budgets are
 the engine's KV layout (see vllm_adaptive.kv); profiles that would run a layer the layout
@@ -19,7 +20,7 @@ gives no KV are not served by that engine.
 `ProfileSet` is the file's only reader (`ProfileSet.load` / `ProfileSet.parse`) and only
 writer (`to_document` / `dump`): calibrate, the plugin, the bench and the tests all go through
 it, so a file one of them writes is a file the others accept. In memory a budget is
-`KV.FULL`, `KV.NONE` or a window of n tokens (vllm_adaptive.kv.layout).
+`KV.FULL`, `KV.NONE`, a window of n tokens or a `SinkWindow` (vllm_adaptive.kv.layout).
 
 Validation is pure (no vLLM import) so the launcher, the worker and the tests share it;
 a file that does not match the served model is refused with a message that says why.
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vllm_adaptive.kv.layout import KV, Budget, budget_json
+from vllm_adaptive.kv.layout import KV, Budget, SinkWindow, budget_json
 
 FORMAT = "vllm-adaptive/profiles-v1"
 FULL = "full"
@@ -195,16 +196,24 @@ def parse_kv(raw: Any, num_layers: int, skip: frozenset[int], where: str) -> tup
         budget: Budget
         if value in (KV.FULL.value, KV.NONE.value):
             budget = KV(value)
-        elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        elif _count(value):
             budget = value
+        elif isinstance(value, dict) and set(value) == {"sink", "window"} and all(map(_count, value.values())):
+            budget = SinkWindow(value["sink"], value["window"])
         else:
-            raise ProfileError(f"{where}[{layer}] is {value!r}; use \"full\", \"none\" or a number of tokens >= 1")
+            raise ProfileError(f"{where}[{layer}] is {value!r}; use \"full\", \"none\", a number of tokens >= 1 "
+                               "or {\"sink\": S, \"window\": W} (both >= 1)")
         if budget is KV.NONE and layer not in skip:
             raise ProfileError(f"{where}[{layer}] is \"none\" but the profile runs layer {layer} (only skipped layers may have no KV)")
         if budget is not KV.NONE and layer in skip and layer in named:
             raise ProfileError(f"{where}[{layer}] is {value!r} but the profile skips layer {layer}; a skipped layer keeps no KV (\"none\")")
         out[layer] = budget
     return tuple(KV.NONE if i in skip else b for i, b in enumerate(out))
+
+
+def _count(value: Any) -> bool:
+    """Whether a JSON value is a whole number of tokens >= 1 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _model_spec(raw: Any, fail) -> ModelSpec:

@@ -1,9 +1,12 @@
 """What vLLM does with per-layer KV budgets: its KV-cache groups, pool size and blocks per sequence.
 
 The plugin gives a layer with a token budget W a sliding window of W tokens
-(`Attention(per_layer_sliding_window=W)` -> vLLM `SlidingWindowSpec`); a layer with budget
-"none" is not built at all, so it has no KV spec. vLLM's hybrid KV-cache manager then groups
-layers by spec and frees a windowed layer's blocks once they fall out of its window.
+(`Attention(per_layer_sliding_window=W)` -> vLLM `SlidingWindowSpec`); a layer with a
+`SinkWindow(S, W)` budget keeps its first S tokens (attention sinks, StreamingLLM) and its latest
+W (`vllm_adaptive.core.sink_window`: the sink blocks stay, the blocks between them and the window
+are freed); a layer with budget "none" is not built at all, so it has no KV spec. vLLM's hybrid
+KV-cache manager then groups layers by spec and frees a windowed layer's blocks once they fall
+out of its window.
 
 This module predicts the result with vLLM 0.32.0's rules, so tests can count blocks against
 it and the calibrator can state what a budget buys. Limits of the mechanism (all layers of
@@ -12,8 +15,7 @@ SmolLM2 have the same page size, which is the case this covers):
   layers, wasting memory), so budgets come in *tiers* of equal layer counts;
 * one block of the pool holds one page of every layer of the widest group, so the pool's
   block count is `KV bytes // (group size x page bytes)`;
-* a window keeps only the most recent tokens: no attention-sink tokens (vLLM's
-  SlidingWindowSpec has no sink slots; SinkFullAttentionSpec is for learned sinks);
+* sink tokens are held in whole blocks: S sink tokens cost ceil(S / block) blocks per layer;
 * windows are per layer, not per head, and fixed at start-up (the pool is sized once).
 """
 
@@ -33,20 +35,44 @@ class KV(Enum):
     NONE = "none"  # no KV at all: the layer is skipped (not built)
 
 
-#: A layer's budget: KV.FULL, KV.NONE, or n >= 1 = a window of the n latest tokens.
-Budget = KV | int
+@dataclass(frozen=True)
+class SinkWindow:
+    """A layer's budget of its first `sink` tokens and its latest `window`: a query at position q
+    sees key k when k <= q and (k < sink or q - k < window). The first tokens of a sequence
+    collect attention whatever they say (attention sinks); a window without them loses them."""
+
+    sink: int
+    window: int
+
+    def __post_init__(self) -> None:
+        if self.sink < 1 or self.window < 1:
+            raise ValueError(f"a sink + window budget needs sink >= 1 and window >= 1, got {self}")
 
 
-def budget_json(budget: Budget) -> str | int:
-    """A budget as the profile file and the status route write it ("full", "none" or n)."""
+#: A layer's budget: KV.FULL, KV.NONE, n >= 1 = a window of the n latest tokens, or a SinkWindow.
+Budget = KV | int | SinkWindow
+
+
+def budget_json(budget: Budget) -> str | int | dict[str, int]:
+    """A budget as the profile file and the status route write it ("full", "none", n or
+    {"sink": S, "window": W})."""
+    if isinstance(budget, SinkWindow):
+        return {"sink": budget.sink, "window": budget.window}
     return budget.value if isinstance(budget, KV) else budget
+
+
+def span(budget: Budget) -> int | None:
+    """Tokens a layer attends to at most (None: every token of the context)."""
+    if isinstance(budget, SinkWindow):
+        return budget.sink + budget.window
+    return budget if isinstance(budget, int) else None
 
 
 @dataclass(frozen=True)
 class KVGroup:
     """One vLLM KV-cache group: layers sharing a block table (and a window)."""
 
-    window: Budget  # KV.FULL or a window of n tokens (never KV.NONE: such layers have no group)
+    window: Budget  # KV.FULL, a window or a SinkWindow (never KV.NONE: such layers have no group)
     layers: tuple[int, ...]
 
 
@@ -81,15 +107,24 @@ def max_held_blocks(window: Budget, tokens: int, block_size: int) -> int:
     """Most blocks one layer group holds for a sequence of `tokens` decoding one token at a time:
     a window may start inside a block, so it can span one block more than its length."""
     full = ceil(tokens / block_size)
-    return full if window is KV.FULL else min(ceil(window / block_size) + 1, full)
+    if window is KV.FULL:
+        return full
+    if isinstance(window, SinkWindow):
+        return min(ceil(window.sink / block_size) + ceil(window.window / block_size) + 1, full)
+    return min(ceil(window / block_size) + 1, full)
 
 
 def held_blocks(window: Budget, tokens: int, block_size: int, in_flight: int = 1) -> int:
     """Blocks one group holds for one sequence: vLLM frees a windowed layer's blocks that lie
-    wholly before `computed - window + 1` (SlidingWindowManager.remove_skipped_blocks)."""
+    wholly before `computed - window + 1` (SlidingWindowManager.remove_skipped_blocks); a sink
+    layer keeps its sink blocks and frees only those between them and the window."""
     total = ceil(tokens / block_size)
     if window is KV.FULL:
         return total
+    if isinstance(window, SinkWindow):
+        sink_blocks = ceil(window.sink / block_size)
+        first_needed = max(0, tokens - in_flight - window.window + 1)
+        return total - max(0, first_needed // block_size - sink_blocks)
     first_needed = max(0, tokens - in_flight - window + 1)
     return total - first_needed // block_size
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vllm_adaptive.kv.layout import KV, Budget
+from math import ceil
+
+from vllm_adaptive.kv.layout import KV, Budget, SinkWindow
 
 
 def water_fill(weights: Sequence[float], mean: float, cap: float, floor: float) -> list[float]:
@@ -27,22 +29,33 @@ def water_fill(weights: Sequence[float], mean: float, cap: float, floor: float) 
     return [min(cap, max(floor, w * hi)) for w in weights]
 
 
+def floor_tokens(block_size: int, sink: int) -> int:
+    """The least KV a windowed tier holds: a one-block window (two blocks held) and the sink blocks."""
+    return (2 + ceil(sink / block_size)) * block_size
+
+
 def to_budgets(
     tier_tokens: Sequence[float], tier_layers: Sequence[Sequence[int]], num_layers: int,
-    reference_tokens: int, block_size: int,
+    reference_tokens: int, block_size: int, sink: int = 0,
 ) -> list[Budget]:
     """Per-layer budgets from the KV each tier may hold (in tokens' worth of bytes).
 
     vLLM holds a window of W tokens in up to W/block + 1 blocks (the window rarely starts on a
-    block boundary), so a tier allowed k blocks gets a window of k-1 blocks; a tier allowed the
-    reference context (or more) stays full. The floor is two blocks (a one-block window).
+    block boundary), so a tier allowed k blocks gets a window of k-1 blocks; with `sink` tokens,
+    the sink blocks come out of the same k. A tier allowed the reference context (or more) stays
+    full. The floor is a one-block window (`floor_tokens`).
     """
     out: list[Budget] = [KV.FULL] * num_layers
     full_blocks = -(-reference_tokens // block_size)
+    sink_blocks = ceil(sink / block_size)
     for tokens, layers in zip(tier_tokens, tier_layers, strict=True):
-        blocks = max(2, round(tokens / block_size))
+        blocks = max(2 + sink_blocks, round(tokens / block_size))
+        window = (blocks - 1 - sink_blocks) * block_size
         for layer in layers:
-            out[layer] = KV.FULL if blocks >= full_blocks else (blocks - 1) * block_size
+            if blocks >= full_blocks:
+                out[layer] = KV.FULL
+            else:
+                out[layer] = SinkWindow(sink, window) if sink else window
     return out
 
 

@@ -34,7 +34,7 @@ from vllm.model_executor.models.utils import PPMissingLayer, extract_layer_index
 
 from vllm_adaptive import config as plugin_config
 from vllm_adaptive import state
-from vllm_adaptive.kv import KV, Budget, budget_json
+from vllm_adaptive.kv import KV, Budget, SinkWindow, budget_json, span
 from vllm_adaptive.profiles import ModelSpec, ProfileError, ProfileSet
 from vllm_adaptive.runtime import StepPlan
 
@@ -145,12 +145,16 @@ def served_profiles(vllm_config: VllmConfig, num_layers: int) -> ProfileSet | No
         logger.warning("vllm-adaptive: profiles %s are not served: they run layers that the default profile %r "
                        "keeps no KV (or weights) for", dropped, table.default)
     max_len = model_config.max_model_len
-    too_long = {i: b for i, b in enumerate(table.kv_layout) if isinstance(b, int) and b >= max_len}
+    too_long = {i: budget_json(b) for i, b in enumerate(table.kv_layout) if (span(b) or 0) >= max_len}
     if too_long:
         raise ProfileError(
             f"{options.profiles}: profile {table.default!r} gives layers {sorted(too_long)} KV budgets "
-            f"{sorted(set(too_long.values()))} of at least max_model_len={max_len} tokens; a budget must be "
+            f"{list(too_long.values())} spanning at least max_model_len={max_len} tokens; a budget must be "
             "smaller than the context (or \"full\")")
+    sinks = sorted(i for i, b in enumerate(table.kv_layout) if isinstance(b, SinkWindow))
+    if sinks:
+        check_sink_layers(vllm_config, f"{options.profiles}: profile {table.default!r} gives layers {sinks} "
+                          "sink + window KV budgets")
     if _compiled(vllm_config) and len(table.profiles) > 1:
         others = sorted(set(table.profiles) - {table.default})
         logger.warning("vllm-adaptive: compiled engine (no --enforce-eager): serving only the default profile %r; "
@@ -225,8 +229,10 @@ def check_layer(architecture: str, layer: torch.nn.Module) -> None:
 
 
 def budget_attention(prefix: str, per_layer_sliding_window: int | None, native_window: int | None,
-                     kv_sharing_target_layer_name: str | None) -> int | None:
-    """The sliding window to build an attention layer with (called from the Attention.__init__ hook).
+                     kv_sharing_target_layer_name: str | None) -> int | SinkWindow | None:
+    """The sliding window (or sink + window) to build an attention layer with (called from the
+    Attention.__init__ hook). A layer that already slides over V tokens keeps a plain window of at
+    most V: sinks would add keys the model never attends to there.
 
     Outside a served stack: unchanged, but decoder attention outside any stack while profiles
     are configured means the model builds its layers some other way: refused."""
@@ -250,9 +256,32 @@ def budget_attention(prefix: str, per_layer_sliding_window: int | None, native_w
     if budget is KV.FULL:
         stack.kv_windows[build.layer] = native_window if native_window is not None else KV.FULL
         return per_layer_sliding_window
-    window = budget if native_window is None else min(native_window, budget)
+    if isinstance(budget, SinkWindow):
+        window = budget if native_window is None else min(native_window, budget.window)
+    else:
+        window = budget if native_window is None else min(native_window, budget)
     stack.kv_windows[build.layer] = window
     return window
+
+
+def check_sink_layers(vllm_config: VllmConfig, what: str) -> None:
+    """Refuse an engine whose sink + window layers would not be served as their budget says."""
+    from vllm.platforms import current_platform
+
+    cache, scheduler = vllm_config.cache_config, vllm_config.scheduler_config
+    if not current_platform.is_cpu():
+        raise ProfileError(f"{what}, whose attention the plugin implements on vLLM's CPU backend only "
+                           "(docs/kv-sinks-gpu.md: the CUDA design); use plain window budgets on this platform")
+    if cache.enable_prefix_caching:
+        raise ProfileError(f"{what}; prefix caching is not supported on such layers (vLLM's sliding-window "
+                           "cache-hit search fills a hit's head with null blocks, dropping the sinks): start "
+                           "vLLM with --no-enable-prefix-caching")
+    if cache.cache_dtype != "auto":
+        raise ProfileError(f"{what}; their attention reads KV in the model's dtype, not {cache.cache_dtype!r}: "
+                           "drop --kv-cache-dtype")
+    if scheduler.disable_hybrid_kv_cache_manager:
+        raise ProfileError(f"{what}; only vLLM's hybrid KV-cache manager frees their blocks: drop "
+                           "--disable-hybrid-kv-cache-manager")
 
 
 def _stack_built(vllm_config: VllmConfig) -> bool:

@@ -48,13 +48,32 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
    Why: per-layer KV budgets for every architecture: a layer with a token budget W is built with
      ``per_layer_sliding_window`` = W (min(W, its own window) if it already slides, as Gemma3's
      local layers and Mistral's do), so vLLM gives it a SlidingWindowSpec and its hybrid KV-cache
-     manager frees blocks outside the window. Model configs cannot carry this (Qwen2 reads no
-     per-layer window; Gemma3's ``layer_types`` also selects RoPE). Refuses KV-sharing layers and
-     decoder attention built outside ``make_layers`` while profiles are configured.
+     manager frees blocks outside the window. A sink + window budget (S, W) also gets window W and
+     the CPU backend's sink + window implementation (vllm_adaptive.attention.sink_window), told S.
+     Model configs cannot carry this (Qwen2 reads no per-layer window; Gemma3's ``layer_types``
+     also selects RoPE). Refuses KV-sharing layers and decoder attention built outside
+     ``make_layers`` while profiles are configured.
    How: always, when the plugin is loaded; passes arguments through unchanged outside a layer
      stack built for skip profiles, and for non-decoder attention.
    Upstream: per-layer KV-cache policies in vLLM (none today).
    Remove when: vLLM takes per-layer windows (or KV budgets) from its own configuration.
+
+5. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec`` (wrapped)
+   Why: a sink + window layer needs its own KV spec (``SinkWindowSpec``: the window's spec plus
+     the sink count) so that its own manager keeps the sink blocks; the stock method can only
+     build a SlidingWindowSpec, and the backend hook (``customize_spec``) is not applied to the
+     spec it returns.
+   How: always, when the plugin is loaded; unchanged for every layer without sinks.
+   Upstream: attention-sink (StreamingLLM) KV in vLLM, or backends that build their own spec
+     (vllm-project/vllm#42449 plans the latter).
+   Remove when: either exists.
+
+6. ``vllm.v1.kv_cache_spec_registry.KVCacheSpecRegistry`` (registration, not a replacement)
+   Why: vLLM picks a KV spec's manager from this registry; ``SinkWindowSpec`` ->
+     ``SinkWindowManager`` (vllm_adaptive.core.sink_window). The registry adds vLLM's own specs only
+     while it is empty, so they are registered first, then ours, in every process.
+   How: always, when the plugin is loaded.
+   Upstream / Remove when: as 5.
 
 Not patches: "none" KV budgets need nothing from vLLM beyond its own ``PPMissingLayer`` (weight
 loading and KV-spec collection already leave such layers out); vLLM's hybrid KV-cache manager
@@ -133,6 +152,7 @@ def _budget_attention() -> None:
     from vllm.model_executor.layers.attention.attention import Attention
     from vllm.v1.attention.backend import AttentionType
 
+    from vllm_adaptive.kv import SinkWindow
     from vllm_adaptive.models.layers import budget_attention
 
     original = Attention.__init__
@@ -141,16 +161,48 @@ def _budget_attention() -> None:
     def __init__(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
         arguments = bound.arguments
+        sink = None
         if arguments.get("attn_type", AttentionType.DECODER) == AttentionType.DECODER:
             window = arguments.get("per_layer_sliding_window")
             cache_config = arguments.get("cache_config")
             native = window if window is not None else getattr(cache_config, "sliding_window", None)
-            arguments["per_layer_sliding_window"] = budget_attention(
+            budget = budget_attention(
                 arguments.get("prefix", ""), window, native, arguments.get("kv_sharing_target_layer_name"))
+            if isinstance(budget, SinkWindow):
+                from vllm_adaptive.attention.sink_window import SinkWindowCPUBackend
+
+                arguments["attn_backend"] = SinkWindowCPUBackend
+                sink, budget = budget.sink, budget.window
+            arguments["per_layer_sliding_window"] = budget
         original(*bound.args, **bound.kwargs)
+        if sink is not None:
+            self.impl.sink_tokens = sink
 
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
     Attention.__init__ = __init__
+
+
+def _sink_window_spec() -> None:
+    from vllm.model_executor.layers.attention.attention import Attention
+    from vllm.v1.kv_cache_interface import replace_as
+
+    from vllm_adaptive.core.sink_window import SinkWindowSpec
+
+    original = Attention.get_kv_cache_spec
+
+    def get_kv_cache_spec(self, vllm_config):
+        spec = original(self, vllm_config)
+        sink = getattr(self.impl, "sink_tokens", None)
+        return spec if sink is None else replace_as(spec, SinkWindowSpec, sink_tokens=sink)
+
+    get_kv_cache_spec.__wrapped__ = original  # type: ignore[attr-defined]
+    Attention.get_kv_cache_spec = get_kv_cache_spec
+
+
+def _register_sink_window_manager() -> None:
+    from vllm_adaptive.core.sink_window import register
+
+    register()
 
 
 PATCHES: tuple[Patch, ...] = (
@@ -158,6 +210,8 @@ PATCHES: tuple[Patch, ...] = (
     Patch("worker-status-rpc", "WorkerBase.adaptive_status", _add_worker_status_rpc),
     Patch("batch-layout", "GPUModelRunner._prepare_inputs", _report_batch_layout),
     Patch("attention-kv-budget", "Attention.__init__", _budget_attention),
+    Patch("sink-window-kv-spec", "Attention.get_kv_cache_spec", _sink_window_spec),
+    Patch("sink-window-manager", "KVCacheSpecRegistry", _register_sink_window_manager),
 )
 
 
