@@ -188,7 +188,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         fractions=tuple(float(f) for f in args.kv_fractions.split(",") if f),
         strategies=tuple(args.kv_strategies.split(",")), reference_tokens=args.kv_reference_tokens,
         probe_tokens=args.kv_probe_tokens, block_size=args.kv_block_size,
-        calib_chunks=args.kv_calib_chunks, eval_chunks=args.kv_eval_chunks,
+        calib_chunks=args.kv_calib_chunks, eval_chunks=args.kv_eval_chunks, sink=args.kv_sink,
+        retrieval_prompts=args.kv_retrieval_prompts, retrieval_tokens=args.kv_retrieval_tokens,
     )
     table, refused = calibrate.calibrate(
         Path(args.model), args.data, args.eval_data, budgets, [s for s in args.strategies.split(",") if s],
@@ -208,13 +209,15 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _print_profiles(table: profiles.ProfileSet) -> None:
-    print(f"{'profile':<20} {'skip / KV fraction':<28} {'ppl':>8} {'dPPL%':>8} {'top1':>6} {'KL':>7}")
+    print(f"{'profile':<26} {'skip / KV fraction':<28} {'ppl':>8} {'dPPL%':>8} {'top1':>6} {'KL':>7}")
     for name, p in table.profiles.items():
         q = p.quality
         what = f"KV {p.kv_fraction:.2f} of full" if p.kv_fraction is not None else str(sorted(p.skip))
-        print(f"{name:<20} {what:<28} {q.get('ppl', float('nan')):>8.2f} "
+        print(f"{name:<26} {what:<28} {q.get('ppl', float('nan')):>8.2f} "
               f"{q.get('delta_ppl_pct', float('nan')):>8.1f} {q.get('top1_agreement', float('nan')):>6.3f} "
               f"{q.get('kl', float('nan')):>7.3f}")
+    for signal, layers in (table.sections.get("kv_calibration") or {}).get("top_layers", {}).items():
+        print(f"KV signal {signal}: costliest layers {layers}")
 
 
 def _print_categories(table: profiles.ProfileSet) -> None:
@@ -292,7 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="quality floor: refuse profiles whose held-back perplexity rises more (0.25 = +25%%)")
     cal.add_argument("--kv-fractions", default="0.25,0.5,0.75",
                      help="KV budgets to allocate, as fractions of a full context's KV ('' = none; default: %(default)s)")
-    cal.add_argument("--kv-strategies", default="uniform,pyramid,sensitivity")
+    cal.add_argument("--kv-strategies", default="uniform,pyramid,sensitivity,retrieval")
+    cal.add_argument("--kv-sink", type=int, default=4,
+                     help="also allocate with this many attention-sink tokens per windowed layer (0: plain windows "
+                     "only; default: %(default)s)")
+    cal.add_argument("--kv-retrieval-prompts", type=int, default=6,
+                     help="synthetic pass-key prompts of the retrieval signal (default: %(default)s)")
+    cal.add_argument("--kv-retrieval-tokens", type=int, default=1024,
+                     help="length of a pass-key prompt (default: %(default)s)")
     cal.add_argument("--kv-reference-tokens", type=int, default=2048,
                      help="context length the KV fractions refer to, and of the long text chunks (default: %(default)s)")
     cal.add_argument("--kv-probe-tokens", type=int, default=512,
