@@ -76,6 +76,18 @@ def caches(d: dict) -> list[str]:
     return out
 
 
+def kv_budgets(d: dict) -> list[str]:
+    """Concurrent sequences, perplexity, needles and decode speed of each KV allocation vs full KV."""
+    out = [f"{d['kv_bytes'] >> 20} MiB of KV in every engine; sequences of {d['context']:,} tokens.", "",
+           "| allocation | KV kept | concurrent sequences | perplexity vs full | needles found | decode tok/s |",
+           "|---|---|---|---|---|---|"]
+    for name, r in d["results"].items():
+        out.append(f"| {name} | {r['kv_fraction']:.0%} | {r['peak_decoding']} ({r['capacity_ratio']:.2f}x) | "
+                   f"{r['ppl_increase_pct']:+.1f} % | {r['niah_accuracy']:.0%} | "
+                   f"{r['decode_tok_s']:.0f} ({r['decode_ratio']:.2f}x) |")
+    return out
+
+
 def fleet(d: dict) -> list[str]:
     return [f"Sustained rate at added p99 within the bound: {d['sustained_rate_at_bound']} req/s "
             f"(command recorded: `{d['command']}`)."]
@@ -83,6 +95,7 @@ def fleet(d: dict) -> list[str]:
 
 SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Engine: stock vLLM (default flags, compiled) vs the plugin", "engine_speed.json", engine),
+    ("Engine: layer-wise KV budgets vs full KV, same KV memory", "kv_budget.json", kv_budgets),
     ("Semantic caches: this project vs RedisVL and GPTCache", "cache_compare.json", caches),
     ("Controller under load", "fleet_load.json", fleet),
 ]
