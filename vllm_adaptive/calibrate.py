@@ -334,9 +334,10 @@ def _top(values: list[float], n: int) -> list[int]:
 
 def kv_signals(m: SkippableModel, tok, data: str, s: KVSettings) -> dict[int, kv.LayerSignals]:
     """The per-layer signals for each sink count (probes of `probe_tokens`, with those sinks)."""
-    long_calib = chunks(tok, read_text(data), s.calib_chunks, s.reference_tokens)
+    text = read_text(data)
+    long_calib = chunks(tok, text, s.calib_chunks, s.reference_tokens)
     need_retrieval = "retrieval" in s.strategies
-    keys = passkey_prompts(tok, read_text(data), s.retrieval_prompts, s.retrieval_tokens) if need_retrieval else []
+    keys = passkey_prompts(tok, text, s.retrieval_prompts, s.retrieval_tokens) if need_retrieval else []
     out = {}
     for sink in s.sinks:
         probe: Window = kv.SinkWindow(sink, s.probe_tokens) if sink else s.probe_tokens

@@ -220,7 +220,7 @@ def _model_spec(raw: Any, fail) -> ModelSpec:
     """The file's own model block (when no served model is given to check it against)."""
     keys = ("architecture", "num_layers", "hidden_size")
     if not isinstance(raw, dict) or not isinstance(raw.get("architecture"), str) or not all(
-        isinstance(raw.get(k), int) and not isinstance(raw.get(k), bool) and raw[k] > 0 for k in keys[1:]
+        _count(raw.get(k)) for k in keys[1:]
     ):
         raise fail(f"'model' must name {', '.join(keys)} (got {raw!r})")
     return ModelSpec(raw["architecture"], raw["num_layers"], raw["hidden_size"], raw.get("name"))

@@ -3,8 +3,8 @@
 A layer with a `SinkWindow(S, W)` budget lets the query at position q see key k when
 `k <= q and (k < S or q - k < W)`. vLLM's CPU kernel masks one window (`q - k < W`) and returns
 no log-sum-exp, so two kernel calls cannot be merged into this union; instead this path gathers
-each sequence's sink blocks and the blocks its window covers from the paged cache and runs
-PyTorch's scaled-dot-product attention with the exact mask. It never reads the blocks between
+each sequence's sink blocks and the blocks its window covers from the paged cache and attends
+over them with the exact mask (`_attend`). It never reads the blocks between
 the sinks and the window, which `SinkWindowManager` frees (their table entries are the null block).
 
 The layer's KV is written and read by this module alone, in a plain layout (per block and KV head:

@@ -61,6 +61,11 @@ def budget_json(budget: Budget) -> str | int | dict[str, int]:
     return budget.value if isinstance(budget, KV) else budget
 
 
+def sink_blocks(sink: int, block_size: int) -> int:
+    """Blocks that `sink` sink tokens occupy per layer (they stay for the sequence's lifetime)."""
+    return ceil(sink / block_size)
+
+
 def span(budget: Budget) -> int | None:
     """Tokens a layer attends to at most (None: every token of the context)."""
     if isinstance(budget, SinkWindow):
@@ -110,7 +115,7 @@ def max_held_blocks(window: Budget, tokens: int, block_size: int) -> int:
     if window is KV.FULL:
         return full
     if isinstance(window, SinkWindow):
-        return min(ceil(window.sink / block_size) + ceil(window.window / block_size) + 1, full)
+        return min(sink_blocks(window.sink, block_size) + ceil(window.window / block_size) + 1, full)
     return min(ceil(window / block_size) + 1, full)
 
 
@@ -122,9 +127,8 @@ def held_blocks(window: Budget, tokens: int, block_size: int, in_flight: int = 1
     if window is KV.FULL:
         return total
     if isinstance(window, SinkWindow):
-        sink_blocks = ceil(window.sink / block_size)
         first_needed = max(0, tokens - in_flight - window.window + 1)
-        return total - max(0, first_needed // block_size - sink_blocks)
+        return total - max(0, first_needed // block_size - sink_blocks(window.sink, block_size))
     first_needed = max(0, tokens - in_flight - window + 1)
     return total - first_needed // block_size
 

@@ -2,8 +2,8 @@
 
 Layers are ranked by their measured retrieval cost (`LayerSignals.retrieval`); the top
 `full_tiers` tiers keep full KV as long as the budget leaves every other layer at least the
-floor (fewer full tiers otherwise). The remaining layers are allocated like `SensitivityKV`:
-tiers by perplexity cost, windows water-filled in proportion to it.
+floor (fewer full tiers otherwise). The remaining layers share the rest as `SensitivityKV`
+allocates it (tiers by perplexity cost, windows water-filled in proportion to it).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vllm_adaptive.kv.layout import Budget
+from vllm_adaptive.kv.sensitivity import SensitivityKV
 from vllm_adaptive.kv.signals import LayerSignals
-from vllm_adaptive.kv.tiers import floor_tokens, split_tiers, to_budgets, water_fill
+from vllm_adaptive.kv.tiers import floor_tokens
 
 
 @dataclass
@@ -32,10 +33,7 @@ class RetrievalKV:
         keep = min(self.full_tiers, len(layers) // tier_size - 1) * tier_size  # layers kept full
         while keep and total - keep * reference_tokens < floor * (len(layers) - keep):
             keep -= tier_size  # the others could not keep even the floor
-        full, rest = ranked[:keep], ranked[keep:]
-        rest_tiers = split_tiers(sorted(rest, key=lambda i: -signals.perplexity[i]), tier_size)
-        weights = [max(sum(signals.perplexity[i] for i in t) / len(t), 0.0) for t in rest_tiers]
-        mean = (total - len(full) * reference_tokens) / len(rest)
-        windows = water_fill(weights, min(mean, reference_tokens), reference_tokens, floor)
-        return to_budgets([float(reference_tokens)] * bool(full) + windows, [full] * bool(full) + rest_tiers,
-                          num_layers, reference_tokens, block_size, self.sink)
+        rest = ranked[keep:]  # the layers not named stay full
+        mean = min((total - keep * reference_tokens) / len(rest), reference_tokens)
+        return SensitivityKV(sink=self.sink).allocate(mean / reference_tokens, rest, num_layers, reference_tokens,
+                                                      block_size, tier_size, signals)

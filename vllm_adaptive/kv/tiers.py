@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from math import ceil
-
-from vllm_adaptive.kv.layout import KV, Budget, SinkWindow
+from vllm_adaptive.kv.layout import KV, Budget, SinkWindow, sink_blocks
 
 
 def water_fill(weights: Sequence[float], mean: float, cap: float, floor: float) -> list[float]:
@@ -31,7 +29,7 @@ def water_fill(weights: Sequence[float], mean: float, cap: float, floor: float) 
 
 def floor_tokens(block_size: int, sink: int) -> int:
     """The least KV a windowed tier holds: a one-block window (two blocks held) and the sink blocks."""
-    return (2 + ceil(sink / block_size)) * block_size
+    return (2 + sink_blocks(sink, block_size)) * block_size
 
 
 def to_budgets(
@@ -47,10 +45,10 @@ def to_budgets(
     """
     out: list[Budget] = [KV.FULL] * num_layers
     full_blocks = -(-reference_tokens // block_size)
-    sink_blocks = ceil(sink / block_size)
+    held_by_sinks = sink_blocks(sink, block_size)
     for tokens, layers in zip(tier_tokens, tier_layers, strict=True):
-        blocks = max(2 + sink_blocks, round(tokens / block_size))
-        window = (blocks - 1 - sink_blocks) * block_size
+        blocks = max(2 + held_by_sinks, round(tokens / block_size))
+        window = (blocks - 1 - held_by_sinks) * block_size
         for layer in layers:
             if blocks >= full_blocks:
                 out[layer] = KV.FULL
