@@ -69,11 +69,13 @@ def niah_prompts(tok, hay: list[int]) -> list[tuple[list[int], int, float, str]]
     return out
 
 
-def decode_rate(engine, core, hay: list[int], gen_cls) -> float:
+def decode_rate(engine, core, hay: list[int]) -> float:
     """Tokens per second of DECODE_BATCH sequences decoding together (prefill excluded)."""
     import time
 
-    params = gen_cls(max_tokens=DECODE_STEPS + 8, min_tokens=DECODE_STEPS + 8, ignore_eos=True, temperature=0)
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=DECODE_STEPS + 8, min_tokens=DECODE_STEPS + 8, ignore_eos=True, temperature=0)
     for i in range(DECODE_BATCH):
         start = (i * 4999) % (len(hay) - DECODE_PROMPT)
         engine.add_request(f"dec{i}", {"prompt_token_ids": hay[start : start + DECODE_PROMPT]}, params)
@@ -118,7 +120,7 @@ def worker(model: str, profiles: str, kv_bytes: int) -> dict:
         peak_running = max(peak_running, len(running))
         peak_decoding = max(peak_decoding, sum(r.num_computed_tokens >= r.num_prompt_tokens for r in running))
     preemptions = sum(r.num_preemptions for r in seen.values())
-    decode_tok_s = decode_rate(engine, core, hay, SamplingParams)
+    decode_tok_s = decode_rate(engine, core, hay)
     held = chunks(tok, read_text("pydoc:eval"), 4, CONTEXT)
     lp = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
     nll, count = 0.0, 0
