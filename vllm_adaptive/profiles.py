@@ -139,6 +139,14 @@ class ProfileSet:
         kept = {n: p for n, p in self.profiles.items() if no_kv <= p.skip}
         return replace(self, default=name, profiles=kept), sorted(set(self.profiles) - set(kept))
 
+    def only(self, names: Sequence[str], source: str = "profiles") -> ProfileSet:
+        """This set limited to `names` (the default always kept); unknown names are refused."""
+        unknown = sorted(set(names) - set(self.profiles))
+        if unknown:
+            raise ProfileError(f"profiles {unknown} to serve are not in {source} (or not servable with default "
+                               f"{self.default!r}); it has {sorted(self.profiles)}")
+        return replace(self, profiles={n: p for n, p in self.profiles.items() if n in names or n == self.default})
+
     def to_json(self) -> dict[str, Any]:
         """What the engine serves (the plugin's status route): default, KV layout, profiles."""
         return {

@@ -12,7 +12,8 @@ request never reads KV of a layer it skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -36,9 +37,13 @@ class StepPlan:
         n = profiles.num_layers
         #: Executions of each layer (mixed batches count once): proves what ran.
         self.calls = [0] * n
+        #: Steps planned with one profile / mixing profiles (the latter run masked).
+        self.steps = {"uniform": 0, "mixed": 0}
         self._uniform = {name: tuple(i in p.skip for i in range(n)) for name, p in profiles.profiles.items()}
         self._warned: set[str] = set()
         self.num_tokens = 0
+        #: The one profile of this step's requests; None when the step mixes profiles.
+        self.profile: str | None = profiles.default
         self.actions: tuple[Action, ...] = self._uniform[profiles.default]
         self._patterns: list[np.ndarray] = []  # mixed batches: per token, skip this pattern's layers?
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
@@ -62,10 +67,11 @@ class StepPlan:
         names = sorted(set(per_request))
         self._masks.clear()
         self._patterns = []
+        self.steps["uniform" if len(names) <= 1 else "mixed"] += 1
         if len(names) <= 1:
-            self.num_tokens = int(num_scheduled.sum())
-            self.actions = self._uniform[names[0] if names else self.profiles.default]
+            self._set_uniform(names[0] if names else self.profiles.default, int(num_scheduled.sum()))
             return
+        self.profile = None
         index = {n: i for i, n in enumerate(names)}
         tokens = np.repeat(np.array([index[n] for n in per_request]), num_scheduled)
         self.num_tokens = len(tokens)
@@ -81,6 +87,24 @@ class StepPlan:
                     self._patterns.append(np.array(pattern)[tokens])
             actions.append(seen[pattern])
         self.actions = tuple(actions)
+
+    def _set_uniform(self, name: str, num_tokens: int) -> None:
+        self.num_tokens, self.profile, self.actions = num_tokens, name, self._uniform[name]
+
+    @contextmanager
+    def warming(self, name: str) -> Iterator[None]:
+        """Runs of any size inside the block are steps of profile `name` (start-up compiles of
+        each profile's view); the default afterwards."""
+        self._set_uniform(name, 0)
+        try:
+            yield
+        finally:
+            self._set_uniform(self.profiles.default, 0)
+
+    def step_profile(self, num_tokens: int) -> str | None:
+        """The profile every token of a run of `num_tokens` tokens follows (None: mixed step);
+        a run smaller than the planned step is a dummy/profiling run: the default."""
+        return self.profiles.default if num_tokens < self.num_tokens else self.profile
 
     def action(self, layer: int, num_tokens: int, device: torch.device) -> bool | torch.Tensor:
         """True: skip `layer` for all tokens; False: run it for all; a bool tensor: skip per token."""

@@ -17,5 +17,6 @@ def adaptive_status(self: Any) -> dict:
     out["stacks"] = [s.to_json() for s in found]
     main = found[0] if found else None
     out["layer_calls"] = list(main.plan.calls) if main is not None and main.plan is not None else []
+    out["steps"] = dict(main.plan.steps) if main is not None and main.plan is not None else {}
     out["profiles"] = main.profiles.to_json() if main is not None else None
     return out

@@ -37,8 +37,8 @@ def test_plugin_active_in_the_worker_process(tiny_llama_dir):
     # no profiles: vLLM's own model, the plugin only recorded the architecture it built
     assert worker["plugin_loaded"] and worker["runtime_model_class"] == "LlamaForCausalLM"
     assert worker["model_class"] == "LlamaForCausalLM" and worker["stacks"] == []
-    assert worker["patches"] == ["layer-stack", "worker-status-rpc", "batch-layout", "attention-kv-budget",
-                                 "sink-window-kv-spec", "sink-window-manager"]
+    assert worker["patches"] == ["layer-stack", "worker-status-rpc", "batch-layout", "compile-profile-views",
+                                 "attention-kv-budget", "sink-window-kv-spec", "sink-window-manager"]
     assert result["tokens"] == 4
 
 

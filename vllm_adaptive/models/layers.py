@@ -13,6 +13,7 @@ serves skip profiles:
   torch.compile traces it (fewer graph pieces, nothing read at run time);
 * in eager mode with several profiles, the other layers become `SkippableLayer`s that read the
   action the model's `StepPlan` resolved for this step (skip, run, or compute-and-mask);
+  compiled engines serve the other profiles through compiled views instead (vllm_adaptive.models.views);
 * each attention layer gets its KV budget while it is built (`budget_attention`, called from the
   `Attention.__init__` patch): a window W of a layer that already slides over V tokens is min(V, W).
 
@@ -58,6 +59,21 @@ class SkippedLayer(PPMissingLayer):
         return hidden_states, residual
 
 
+def run_planned(plan: StepPlan, idx: int, layer: Callable, positions: torch.Tensor, hidden_states: torch.Tensor,
+                residual: torch.Tensor | None, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run, skip or mask decoder layer `idx` (called as `layer`) as the step plan says."""
+    skip = plan.action(idx, hidden_states.shape[0], hidden_states.device)
+    if skip is True:
+        return hidden_states, residual
+    plan.calls[idx] += 1
+    new_hidden, new_residual = layer(positions, hidden_states, residual, *args, **kwargs)
+    if skip is False:
+        return new_hidden, new_residual
+    keep = skip.unsqueeze(-1)  # mixed batch: skipping tokens keep their input stream
+    old_residual = torch.zeros_like(hidden_states) if residual is None else residual
+    return torch.where(keep, hidden_states, new_hidden), torch.where(keep, old_residual, new_residual)
+
+
 class SkippableLayer(torch.nn.Module):
     """Mixin put in front of a decoder layer's class: runs, skips or masks the layer as the
     model's step plan says (eager engines serving several profiles)."""
@@ -67,17 +83,8 @@ class SkippableLayer(torch.nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None,
                 *args, **kwargs):
-        plan, idx = self.adaptive_plan, self.adaptive_index
-        skip = plan.action(idx, hidden_states.shape[0], hidden_states.device)
-        if skip is True:
-            return hidden_states, residual
-        plan.calls[idx] += 1
-        new_hidden, new_residual = super().forward(positions, hidden_states, residual, *args, **kwargs)
-        if skip is False:
-            return new_hidden, new_residual
-        keep = skip.unsqueeze(-1)  # mixed batch: skipping tokens keep their input stream
-        old_residual = torch.zeros_like(hidden_states) if residual is None else residual
-        return torch.where(keep, hidden_states, new_hidden), torch.where(keep, old_residual, new_residual)
+        return run_planned(self.adaptive_plan, self.adaptive_index, super().forward, positions, hidden_states,
+                           residual, *args, **kwargs)
 
 
 _SKIPPABLE: dict[type, type] = {}
@@ -103,9 +110,13 @@ class AdaptiveStack:
     plan: StepPlan | None  # None: one profile served, nothing to decide per step
     missing: tuple[int, ...]
     kv_windows: dict[int, Budget] = field(default_factory=dict)  # effective budget of each built layer
+    #: Compiled engines: seconds each profile's compiled view took to compile and warm up at start-up
+    #: (vllm_adaptive.models.views; None: compiled at first use).
+    views: dict[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"architecture": self.architecture, "compiled": self.compiled, "per_request": self.plan is not None,
+                "views": dict(self.views),
                 "missing_layers": list(self.missing),
                 "kv_windows": {str(i): budget_json(b) for i, b in sorted(self.kv_windows.items())},
                 "profiles": self.profiles.to_json()}
@@ -155,13 +166,20 @@ def served_profiles(vllm_config: VllmConfig, num_layers: int) -> ProfileSet | No
     if sinks:
         check_sink_layers(vllm_config, f"{options.profiles}: profile {table.default!r} gives layers {sinks} "
                           "sink + window KV budgets")
-    if _compiled(vllm_config) and len(table.profiles) > 1:
-        others = sorted(set(table.profiles) - {table.default})
-        logger.warning("vllm-adaptive: compiled engine (no --enforce-eager): serving only the default profile %r; "
-                       "%s are not served (per-request profiles need --enforce-eager; or run one compiled "
-                       "server per profile)", table.default, others)
+    if options.serve:
+        table = table.only(options.serve, options.profiles)
+    if _compiled(vllm_config) and len(table.profiles) > 1 and not _on_cpu():
+        logger.warning("vllm-adaptive: compiled engine on a GPU: serving only the default profile %r; per-request "
+                       "profiles need a CUDA-graph set per profile view, which is not built (docs/compiled-views.md); "
+                       "use --enforce-eager, or one compiled server per profile", table.default)
         table = replace(table, profiles={table.default: table.get(None)})
     return table
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def _compiled(vllm_config: VllmConfig) -> bool:
@@ -197,7 +215,7 @@ def adaptive_make_layers(original: Callable) -> Callable:
             finally:
                 _BUILDING.reset(token)
             check_layer(stack.architecture, layer)
-            if plan is not None:
+            if plan is not None and not compiled:  # compiled: one view per profile (models.views)
                 make_skippable(layer, plan, idx)
             return layer
 
@@ -266,10 +284,8 @@ def budget_attention(prefix: str, per_layer_sliding_window: int | None, native_w
 
 def check_sink_layers(vllm_config: VllmConfig, what: str) -> None:
     """Refuse an engine whose sink + window layers would not be served as their budget says."""
-    from vllm.platforms import current_platform
-
     cache, scheduler = vllm_config.cache_config, vllm_config.scheduler_config
-    if not current_platform.is_cpu():
+    if not _on_cpu():
         raise ProfileError(f"{what}, whose attention the plugin implements on vLLM's CPU backend only "
                            "(docs/kv-sinks-gpu.md: the CUDA design); use plain window budgets on this platform")
     if cache.enable_prefix_caching:

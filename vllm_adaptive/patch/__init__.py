@@ -40,11 +40,25 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
      knows (request order, tokens per request, each request's SamplingParams.extra_args).
      The wrapper calls the original unchanged, then hands that layout to the step plan of the
      model this runner holds (found once, kept on the runner), which resolves each layer's action.
-   How: always, when the plugin is loaded; a no-op unless the model serves several profiles (eager).
+   How: always, when the plugin is loaded; a no-op unless the model serves several profiles. On a
+     compiled engine's first step it also installs the profile views if warm-up (entry 4) did not.
    Upstream: per-request model kwargs from sampling params (none today).
    Remove when: vLLM passes per-request metadata to the model forward.
 
-4. ``vllm.model_executor.layers.attention.attention.Attention.__init__`` (wrapped)
+4. ``vllm.v1.worker.cpu_model_runner.CPUModelRunner.warming_up_model`` (wrapped)
+   Why: a compiled engine serving several skip profiles runs each one through its own compiled
+     view of the decoder (vllm_adaptive.models.views). vLLM compiles (and the CPU runner warms up)
+     only the model's own decoder at start-up; without this, each view would compile at its first
+     request, stalling every request in that step for the length of a compile. After the stock
+     warm-up (which compiles the default profile) the wrapper installs the views and runs one
+     profiling pass per view, under that profile, so each compiles (or loads from vLLM's compile
+     cache) before the engine serves.
+   How: always, when the plugin is loaded; a no-op for eager engines and engines serving one profile.
+   Upstream: per-request skip / multiple compiled model variants in vLLM (none today).
+   Remove when: vLLM compiles model variants chosen per step itself. GPU: the same design needs the
+     GPU runner's ``capture_model`` to capture piecewise CUDA graphs per view (not built; no GPU here).
+
+5. ``vllm.model_executor.layers.attention.attention.Attention.__init__`` (wrapped)
    Why: per-layer KV budgets for every architecture: a layer with a token budget W is built with
      ``per_layer_sliding_window`` = W (min(W, its own window) if it already slides, as Gemma3's
      local layers and Mistral's do), so vLLM gives it a SlidingWindowSpec and its hybrid KV-cache
@@ -58,7 +72,7 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
    Upstream: per-layer KV-cache policies in vLLM (none today).
    Remove when: vLLM takes per-layer windows (or KV budgets) from its own configuration.
 
-5. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec`` (wrapped)
+6. ``vllm.model_executor.layers.attention.attention.Attention.get_kv_cache_spec`` (wrapped)
    Why: a sink + window layer needs its own KV spec (``SinkWindowSpec``: the window's spec plus
      the sink count) so that its own manager keeps the sink blocks; the stock method can only
      build a SlidingWindowSpec, and the backend hook (``customize_spec``) is not applied to the
@@ -68,12 +82,12 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
      (vllm-project/vllm#42449 plans the latter).
    Remove when: either exists.
 
-6. ``vllm.v1.kv_cache_spec_registry.KVCacheSpecRegistry`` (registration, not a replacement)
+7. ``vllm.v1.kv_cache_spec_registry.KVCacheSpecRegistry`` (registration, not a replacement)
    Why: vLLM picks a KV spec's manager from this registry; ``SinkWindowSpec`` ->
      ``SinkWindowManager`` (vllm_adaptive.core.sink_window). The registry adds vLLM's own specs only
      while it is empty, so they are registered first, then ours, in every process.
    How: always, when the plugin is loaded.
-   Upstream / Remove when: as 5.
+   Upstream / Remove when: as 6.
 
 Not patches: "none" KV budgets need nothing from vLLM beyond its own ``PPMissingLayer`` (weight
 loading and KV-spec collection already leave such layers out); vLLM's hybrid KV-cache manager
@@ -127,6 +141,7 @@ def _report_batch_layout() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     from vllm_adaptive.models.layers import stacks
+    from vllm_adaptive.models.views import install as install_views
 
     original = GPUModelRunner._prepare_inputs
 
@@ -134,6 +149,7 @@ def _report_batch_layout() -> None:
         out = original(self, scheduler_output, num_scheduled_tokens)
         plans = getattr(self, "_adaptive_plans", None)
         if plans is None:  # first step of this runner: find its model's plans once
+            install_views(self.get_model())  # compiled engines whose warm-up did not run (VLLM_CPU_CI_ENV)
             plans = self._adaptive_plans = [s.plan for s in stacks(self.get_model()) if s.plan is not None]
         if plans:
             req_ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
@@ -144,6 +160,26 @@ def _report_batch_layout() -> None:
 
     _prepare_inputs.__wrapped__ = original  # type: ignore[attr-defined]
     GPUModelRunner._prepare_inputs = _prepare_inputs
+
+
+def _compile_profile_views() -> None:
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner, _set_global_compilation_settings
+
+    from vllm_adaptive.models.views import install
+
+    original = CPUModelRunner.warming_up_model
+
+    def warming_up_model(self):
+        original(self)  # compiles the decoder itself: the default profile
+        views = install(self.get_model()) if self.vllm_config.compilation_config.mode else []
+        with _set_global_compilation_settings(self.vllm_config):
+            for view in views:
+                for name in view.compiled:
+                    with view.warming(name):
+                        self.profile_run()
+
+    warming_up_model.__wrapped__ = original  # type: ignore[attr-defined]
+    CPUModelRunner.warming_up_model = warming_up_model
 
 
 def _budget_attention() -> None:
@@ -209,6 +245,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("layer-stack", "models.utils.make_layers", _wrap_make_layers),
     Patch("worker-status-rpc", "WorkerBase.adaptive_status", _add_worker_status_rpc),
     Patch("batch-layout", "GPUModelRunner._prepare_inputs", _report_batch_layout),
+    Patch("compile-profile-views", "CPUModelRunner.warming_up_model", _compile_profile_views),
     Patch("attention-kv-budget", "Attention.__init__", _budget_attention),
     Patch("sink-window-kv-spec", "Attention.get_kv_cache_spec", _sink_window_spec),
     Patch("sink-window-manager", "KVCacheSpecRegistry", _register_sink_window_manager),

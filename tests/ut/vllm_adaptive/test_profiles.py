@@ -90,3 +90,16 @@ def test_runtime_plans_uniform_and_mixed_batches():
     assert rt.action(8, 5, torch.device("cpu")).tolist() == [False, False, True, False, False]
     assert rt.action(15, 4, torch.device("cpu")).tolist() == [True, True, False, True]
     assert rt.action(0, 4, torch.device("cpu")) is False
+
+
+def test_serve_limits_the_profiles_and_refuses_unknown_names():
+    from vllm_adaptive import config
+
+    options = config.from_vllm_config({"adaptive": {"profiles": "p.json", "serve": "fastest, full"}})
+    assert options.serve == ("fastest", "full")
+    assert set(parse(DOC).only(options.serve).profiles) == {"fast", "fastest", "full"}  # the default is kept
+    assert set(parse(DOC).only(["fastest"]).profiles) == {"fast", "fastest"}
+    with pytest.raises(profiles.ProfileError, match=r"profiles \['nope'\] to serve are not in p.json"):
+        parse(DOC).only(["fastest", "nope"], "p.json")
+    with pytest.raises(ValueError, match="adaptive.serve must be a list of profile names"):
+        config.from_vllm_config({"adaptive": {"serve": {"fast": 1}}})

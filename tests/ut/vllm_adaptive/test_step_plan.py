@@ -48,3 +48,20 @@ def test_two_models_keep_their_own_plans():
     first.plan_batch([{"adaptive_profile": "a"}], np.array([1]))
     second.plan_batch([{"adaptive_profile": "b"}], np.array([1]))
     assert first.action(1, 1, torch.device("cpu")) is True and second.action(1, 1, torch.device("cpu")) is False
+
+
+def test_step_profile_names_the_view_to_run():
+    plan = StepPlan(table(default="a"))
+    assert plan.step_profile(8) == "a"  # before any step: the default
+    plan.plan_batch([{"adaptive_profile": "b"}, {"adaptive_profile": "b"}], np.array([3, 1]))
+    assert plan.step_profile(4) == "b" and plan.step_profile(6) == "b"  # padded runs follow the step
+    assert plan.step_profile(2) == "a"  # a smaller (dummy) run: the default
+    plan.plan_batch([{"adaptive_profile": "b"}, None], np.array([3, 1]))
+    assert plan.step_profile(4) is None  # mixed: no single view
+
+
+def test_warming_runs_every_size_as_the_profile_then_the_default():
+    plan = StepPlan(table())
+    with plan.warming("b"):
+        assert plan.step_profile(1) == "b" and plan.action(4, 1, torch.device("cpu")) is True
+    assert plan.step_profile(1) == "full" and plan.action(4, 1, torch.device("cpu")) is False
