@@ -4,12 +4,14 @@ capacity, with no cache, static per-category policies, and load-based policies.
     python -m bench.closed_loop [--trace paraphrase|zipf] [--seconds 60] [--rates 0.5,1.0,1.3]
                                 [--factual-floors 0.95,0.92,0.90,0.88] [--backend sim|vllm]
 
-Backends. `sim` (bench/sim_backend.py, documented service-time model: 4 slots x 0.4 s = 10 req/s;
-a brownout profile shortens service by the speed-up measured on the real plugin relative to its
-own `full` in the same eager engine, bench/results/skip_pareto.json — not a speed-up over stock
-vLLM compiled, see bench.engine_speed) for the sweeps. `vllm`: the real `vllm-adaptive serve` on
-SmolLM2 (CPU) with the calibrated skip profiles; its capacity is measured first (requests/s
-with 8 concurrent clients, 32 new tokens each) and the rates are multiples of it.
+Backends. `sim` (bench/sim_backend.py, documented service-time model: 4 slots x 0.4 s = 10 req/s,
+standing for stock vLLM compiled; a brownout profile shortens service by its decode speed-up at
+batch 8 when one compiled plugin engine serves it per request, relative to stock vLLM compiled in
+the same bench.engine_speed run, bench/results/engine_speed.json) for the sweeps. `vllm`: the real
+`vllm-adaptive serve` on SmolLM2 (CPU), compiled (vLLM's default), serving `full` and the ladder's
+calibrated profiles per request (one compiled view each, the launcher's grouping scheduler); its
+capacity is measured first (requests/s with 8 concurrent clients, 32 new tokens each) and the
+rates are multiples of it.
 
 Traces (seeded, replayable, real prompts, Poisson arrivals, open loop):
 * `zipf`: 50 % QQP questions (300 labelled pairs, either side, Zipf popularity: mostly exact
@@ -214,9 +216,18 @@ def start_sim(speedups: str) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def measured_speedups() -> str:
-    rows = json.loads(Path("bench/results/skip_pareto.json").read_text())["rows"]
-    return ",".join(f"{r['profile']}={r['speedup_vs_full']:.4f}" for r in rows if r["profile"] in LADDER)
+def measured_speedups(path: str = "bench/results/engine_speed.json") -> str:
+    """Each brownout rung's decode speed at batch 8 served per request by one compiled plugin engine,
+    relative to stock vLLM compiled in the same bench.engine_speed run (the simulated backend's base
+    service time stands for stock vLLM compiled)."""
+    result = json.loads(Path(path).read_text())
+    stock = next(r for r in result["modes"] if r["mode"] == "stock compiled")
+    rows = {r["profile"]: r for r in result["modes"] if r["mode"] == "plugin compiled per-request"}
+    missing = sorted(set(LADDER) - set(rows))
+    if missing:
+        raise SystemExit(f"{path} has no 'plugin compiled per-request' row for {missing}: "
+                         "run python -m bench.engine_speed first")
+    return ",".join(f"{p}={rows[p]['decode_tps_b8'] / stock['decode_tps_b8']:.4f}" for p in LADDER)
 
 
 def vllm_capacity(url: str, prompts: list[str], clients: int = 8, requests: int = 48) -> float:
@@ -268,8 +279,9 @@ def main() -> None:
         backend_port = free_port()
         backend = f"http://127.0.0.1:{backend_port}"
         backend_proc = start_vllm(str(model_store.ensure()), backend_port, os.path.join(tmp, "vllm.log"),
-                                  profiles=str(Path("bench/results/profiles_smollm2.json").resolve()))
-        assert wait_http(backend + "/health", backend_proc, 600), Path(tmp, "vllm.log").read_text()[-3000:]
+                                  profiles=str(Path("bench/results/profiles_smollm2.json").resolve()),
+                                  extra=["--adaptive-serve", ",".join(["full", *LADDER])], eager=False)
+        assert wait_http(backend + "/health", backend_proc, 900), Path(tmp, "vllm.log").read_text()[-3000:]
         model = "smollm2"
         capacity = vllm_capacity(backend, [c[:300] for c in data.sharegpt_first_turns(400)[300:]])
         print(f"measured vLLM capacity: {capacity:.2f} req/s", flush=True)

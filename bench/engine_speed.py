@@ -40,7 +40,10 @@ def worker(spec: dict) -> dict:
 
     kwargs = dict(max_model_len=1024, max_num_seqs=max(BATCHES), dtype=spec["dtype"], enforce_eager=spec["eager"])
     if spec.get("profiles"):
-        kwargs["additional_config"] = {"adaptive": {"profiles": spec["profiles"], "default_profile": spec["default"]}}
+        kwargs["additional_config"] = {"adaptive": {"profiles": spec["profiles"], "default_profile": spec["default"],
+                                                    "serve": spec.get("per_request") or []}}
+    if spec.get("scheduler"):
+        kwargs["scheduler_cls"] = spec["scheduler"]
     t0 = time.perf_counter()
     llm = LLM(spec["model"], **kwargs)
     startup = time.perf_counter() - t0
@@ -50,12 +53,17 @@ def worker(spec: dict) -> dict:
         extra = {"adaptive_profile": profile} if profile else None
         return SamplingParams(max_tokens=n, min_tokens=n, temperature=0, ignore_eos=True, extra_args=extra)
 
-    def timed(batch: list[str], n: int, profile: str | None) -> float:
+    def timed(batch: list[str], n: int, profile: str | list[str] | None) -> float:
+        """Seconds to generate `n` tokens for `batch` (a list of profiles: alternating per request)."""
+        sampling = [params(n, profile[i % len(profile)]) for i in range(len(batch))] if isinstance(profile, list) \
+            else params(n, profile)
         t = time.perf_counter()
-        llm.generate(batch, params(n, profile), use_tqdm=False)
+        llm.generate(batch, sampling, use_tqdm=False)
         return time.perf_counter() - t
 
     out: dict = {"startup_s": startup, "load_avg_at_start": os.getloadavg()[0], "profiles": {}}
+    if spec.get("profiles"):  # compiled per-request engines: seconds each profile's view took to compile
+        out["views_s"] = llm.collective_rpc("adaptive_status")[0]["stacks"][0]["views"]
     for batch in BATCHES:  # warm-up: first steps of each batch shape
         timed(prompts[:batch], 8, None)
     for profile in spec.get("per_request") or [None]:
@@ -64,15 +72,38 @@ def worker(spec: dict) -> dict:
             tps = []
             for _ in range(spec["reps"]):
                 first = timed(prompts[:batch], 1, profile)
-                whole = timed(prompts[:batch], NEW_TOKENS, profile)
-                tps.append(batch * (NEW_TOKENS - 1) / (whole - first))
+                tps.append(_tps(batch, timed(prompts[:batch], NEW_TOKENS, profile) - first))
             row[f"decode_tps_b{batch}"] = statistics.median(tps)
             row[f"decode_tps_b{batch}_range"] = [min(tps), max(tps)]
         row["ttft_s"] = statistics.median(timed(prompts[:1], 1, profile) for _ in range(2 * spec["reps"]))
         row["load_avg"] = os.getloadavg()[0]  # the machine is shared: other work slows every mode
         out["profiles"][profile or spec.get("default") or "stock"] = row
         print("PROGRESS", profile, json.dumps(row), flush=True)
+    if spec.get("mixed"):
+        out["mixed"] = mixed_workload(timed, prompts, spec["mixed"], spec["reps"])
     return out
+
+
+def mixed_workload(timed, prompts: list[str], profiles: list[str], reps: int) -> dict:
+    """Decode tok/s of a batch whose requests alternate between `profiles`: all in one generate
+    call (steps mix profiles: the masked view) vs grouped, one call per profile after the other
+    (every step has one profile: its compiled view), as a router that groups by profile would."""
+    out: dict = {"profiles": profiles}
+    for batch in BATCHES[1:]:
+        groups = [[p for i, p in enumerate(prompts[:batch]) if i % len(profiles) == k] for k in range(len(profiles))]
+        mixed, grouped = [], []
+        for _ in range(reps):
+            mixed.append(_tps(batch, timed(prompts[:batch], NEW_TOKENS, profiles) - timed(prompts[:batch], 1, profiles)))
+            whole = sum(timed(g, NEW_TOKENS, p) for g, p in zip(groups, profiles))
+            grouped.append(_tps(batch, whole - sum(timed(g, 1, p) for g, p in zip(groups, profiles))))
+        out[f"mixed_tps_b{batch}"] = statistics.median(mixed)
+        out[f"grouped_tps_b{batch}"] = statistics.median(grouped)
+    print("PROGRESS mixed", json.dumps(out), flush=True)
+    return out
+
+
+def _tps(batch: int, seconds: float) -> float:
+    return batch * (NEW_TOKENS - 1) / seconds
 
 
 def cpu_flags() -> list[str]:
@@ -112,6 +143,7 @@ def main() -> None:
     calibrated = [c for c in args.calibrated.split(",") if c]
     dtype_args, reason = cli.cpu_dtype_args([], cli._read_cpuinfo())
     dtype = dtype_args[-1] if dtype_args else "auto"
+    mixed = ["full", calibrated[1] if len(calibrated) > 1 else calibrated[0]] if calibrated else None
     cache = tempfile.mkdtemp(prefix="vllm-cache-")  # cold compile cache for first starts
     env = {**os.environ, "VLLM_CACHE_ROOT": cache, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     base = {"model": model, "dtype": dtype, "reps": args.reps}
@@ -122,9 +154,14 @@ def main() -> None:
         *[(f"plugin compiled {c}", {**base, "eager": False, "profiles": profiles, "default": c}, "adaptive")
           for c in calibrated],
         ("plugin eager per-request", {**base, "eager": True, "profiles": profiles, "default": "full",
-                                      "per_request": ["full", *calibrated]}, "adaptive"),
-        (f"plugin compiled {calibrated[1] if len(calibrated) > 1 else 'full'} (2nd start, compile cache)",
-         {**base, "eager": False, "profiles": profiles, "default": calibrated[1] if len(calibrated) > 1 else "full",
+                                      "per_request": ["full", *calibrated], "mixed": mixed}, "adaptive"),
+        ("plugin compiled per-request", {**base, "eager": False, "profiles": profiles, "default": "full",
+                                         "per_request": ["full", *calibrated], "mixed": mixed}, "adaptive"),
+        ("plugin compiled per-request + grouping scheduler",
+         {**base, "eager": False, "profiles": profiles, "default": "full", "per_request": mixed, "mixed": mixed,
+          "scheduler": "vllm_adaptive.core.sched.ProfileGroupingScheduler"}, "adaptive"),
+        ("plugin compiled per-request (2nd start, compile cache)",
+         {**base, "eager": False, "profiles": profiles, "default": "full", "per_request": ["full", *calibrated],
           "reps": 1}, "adaptive"),
     ]
     if args.modes:
@@ -141,6 +178,7 @@ def main() -> None:
     if previous:  # keep the modes measured by an earlier run (each row records its own reps)
         result["modes"] = [{"reps": previous["reps"], **r} for r in previous["modes"]
                            if r["mode"] not in {name for name, _, _ in modes}]
+        result["mixed"] = [m for m in previous.get("mixed", []) if m["mode"] not in {name for name, _, _ in modes}]
     with open(Path(tempfile.gettempdir()) / "engine_speed_engines.log", "w") as log:
         for name, spec, plugins in modes:
             print(f"[engine_speed] {name} ...", flush=True)
@@ -150,9 +188,13 @@ def main() -> None:
                 skip = (doc["profiles"].get(profile) or {}).get("skip") if plugins else []
                 result["modes"].append({"mode": name, "profile": profile, "compiled": not spec["eager"], "reps": spec["reps"],
                                         "skip": skip, "startup_s": measured["startup_s"],
+                                        "view_compile_s": (measured.get("views_s") or {}).get(profile),
                                         "load_avg_at_start": measured["load_avg_at_start"], **row, "quality": quality})
                 print(f"  {profile}: " + " ".join(f"b{b}={row[f'decode_tps_b{b}']:.1f}" for b in BATCHES)
                       + f" tok/s ttft={row['ttft_s'] * 1000:.0f} ms startup={measured['startup_s']:.1f} s", flush=True)
+            if "mixed" in measured:
+                result.setdefault("mixed", []).append({"mode": name, **measured["mixed"]})
+                print(f"  mixed: {measured['mixed']}", flush=True)
             if "error" in measured:
                 result["modes"].append({"mode": name, "error": measured["error"]})
                 print(f"  failed: {measured['error'][-500:]}", flush=True)
@@ -163,7 +205,7 @@ def main() -> None:
 def plot(result: dict, path: Path) -> None:
     rows = [r for r in result["modes"] if "error" not in r and "2nd start" not in r["mode"]]
     fig, axes = plotting.subplots(1, 2, figsize=(13, 5))
-    labels = [f"{r['mode'].replace('plugin eager per-request', 'plugin eager')}" +
+    labels = [f"{r['mode']}" +
               (f" [{r['profile']}]" if "per-request" in r["mode"] else "") for r in rows]
     width = 0.27
     for k, batch in enumerate(result["batches"]):
@@ -172,12 +214,14 @@ def plot(result: dict, path: Path) -> None:
     axes[0].set_yticks([i + width for i in range(len(rows))], labels, fontsize=7)
     axes[0].invert_yaxis()
     axes[0].set(xlabel="decode tokens/s", title=f"SmolLM2-135M, vLLM CPU ({result['dtype']}, {result['cores']} cores)")
-    stock = next(r for r in rows if r["mode"] == "stock compiled")
-    for compiled, marker in ((True, "o"), (False, "s")):
-        pts = [r for r in rows if r["compiled"] == compiled and r.get("quality")]
+    stock = next((r for r in rows if r["mode"] == "stock compiled"), None)
+    for mode, marker, label in (("plugin compiled per-request", "^", "plugin compiled, one engine, per request"),
+                                ("plugin eager per-request", "s", "plugin eager, one engine, per request"),
+                                (None, "o", "plugin compiled, one engine per profile")):
+        pts = [r for r in rows if stock and r.get("quality") and (r["mode"] == mode if mode else
+                                                                   r["compiled"] and "per-request" not in r["mode"])]
         axes[1].plot([r["quality"]["delta_ppl_pct"] for r in pts],
-                     [r["decode_tps_b8"] / stock["decode_tps_b8"] for r in pts], marker,
-                     label="plugin compiled" if compiled else "plugin eager (per request)")
+                     [r["decode_tps_b8"] / stock["decode_tps_b8"] for r in pts], marker, label=label)
         for r in pts:
             axes[1].annotate(r["profile"], (r["quality"]["delta_ppl_pct"], r["decode_tps_b8"] / stock["decode_tps_b8"]),
                              fontsize=6)

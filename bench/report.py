@@ -42,6 +42,15 @@ def engine(d: dict) -> list[str]:
                  for b in d["batches"]]
         out.append(f"| {r['mode']} | {r['profile']} | {'—' if dppl is None else f'{dppl:+.0f} %'} | "
                    f"{' | '.join(cells)} | {r['ttft_s'] * 1000:.0f} ms | {r['startup_s']:.0f} s |")
+    if d.get("mixed"):
+        batches = [b for b in d["batches"] if f"mixed_tps_b{b}" in d["mixed"][0]]
+        out += ["", "Mixed workload (requests alternating between two profiles), decode tok/s: one batch with both "
+                "profiles vs the same requests grouped, one batch per profile after the other.", "",
+                "| engine | profiles | " + " | ".join(f"batch {b}: mixed / grouped" for b in batches) + " |",
+                "|---|---|" + "---|" * len(batches)]
+        for m in d["mixed"]:
+            cells = [f"{m[f'mixed_tps_b{b}']:.0f} / {m[f'grouped_tps_b{b}']:.0f}" for b in batches]
+            out.append(f"| {m['mode']} | {' + '.join(m['profiles'])} | {' | '.join(cells)} |")
     return out
 
 

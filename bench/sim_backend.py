@@ -7,9 +7,8 @@ Service-time model: `--slots` requests run at once (like vLLM's running batch), 
 slots). The answer echoes the question (`ANSWER: <question>`), so a benchmark can tell which
 question a cached answer was generated for. `/stats` counts requests served and the compute
 profiles they asked for. A request's compute profile (`vllm_xargs.adaptive_profile`) divides its
-service time by that profile's speed-up as measured on the real plugin against its own `full` in
-the same eager engine (`--profile-speedup calibrated-2=1.087,...`, bench/results/skip_pareto.json;
-not a speed-up over stock vLLM compiled). Chat requests may stream (SSE chunks
+service time by that profile's speed-up (`--profile-speedup calibrated-2=1.11,...`; bench.closed_loop
+passes the speed-ups measured against stock vLLM compiled, bench/results/engine_speed.json). Chat requests may stream (SSE chunks
 as vLLM sends them); `tool_choice: "required"` answers with a tool call of the first tool, the
 way vLLM does (finish_reason "stop", arguments as a JSON string).
 

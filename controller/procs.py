@@ -55,12 +55,13 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048,
-               profiles: str | None = None, extra: list[str] | None = None) -> subprocess.Popen:
+               profiles: str | None = None, extra: list[str] | None = None, eager: bool = True) -> subprocess.Popen:
     """`vllm-adaptive serve MODEL --plugin adaptive` on 127.0.0.1:`port`, in its own process group
-    (`extra`: more `vllm serve` arguments)."""
+    (`extra`: more `vllm serve` arguments). Eager by default: it starts in seconds, where a compiled
+    engine compiles for minutes on 2 cores (plus one view per served profile)."""
     cmd = [
         sys.executable, "-m", "vllm_adaptive.cli", "serve", model, "--plugin", "adaptive",
-        "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(port), *(["--enforce-eager"] if eager else []),
         "--max-model-len", str(max_model_len), "--served-model-name", "smollm2",
     ]
     if profiles:
