@@ -41,7 +41,7 @@ def worker(spec: dict) -> dict:
     kwargs = dict(max_model_len=1024, max_num_seqs=max(BATCHES), dtype=spec["dtype"], enforce_eager=spec["eager"])
     if spec.get("profiles"):
         kwargs["additional_config"] = {"adaptive": {"profiles": spec["profiles"], "default_profile": spec["default"],
-                                                    "serve": spec.get("per_request") or []}}
+                                                    "serve": spec.get("per_request") or [spec["default"]]}}
     if spec.get("scheduler"):
         kwargs["scheduler_cls"] = spec["scheduler"]
     t0 = time.perf_counter()
