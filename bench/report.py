@@ -22,7 +22,8 @@ from bench.suite import BENCHES
 #: result file -> the command that writes it (what the report cites beside each figure); the
 #: closed loop against a real vLLM is not part of `bench all` (it needs the SmolLM2 server).
 COMMANDS = {f"{b.name}.json": b.command() for b in BENCHES if b.name != "hard_negatives"} | {
-    "closed_loop_paraphrase_vllm.json": "python -m bench.closed_loop --trace paraphrase --backend vllm",
+    "closed_loop_paraphrase_vllm.json": "python -m bench.closed_loop --trace paraphrase --backend vllm --seconds 45 "
+                                        "--rates 1.3 --modes static,load_based --factual-floors ''",
 }
 
 

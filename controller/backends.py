@@ -1,7 +1,8 @@
 """The vLLM servers behind the controller, their measured load, and which one gets the next miss.
 
-Profile pools: a compiled vLLM engine with the plugin serves one compute profile (its default),
-an eager one serves several per request, stock vLLM serves `full`. Each backend knows which
+Profile pools: a vLLM engine with the plugin serves the compute profiles it was started with
+(`--adaptive-serve`; a compiled one compiles a view per profile, so a fleet may run one compiled
+server per profile to keep start-up short), stock vLLM serves `full`. Each backend knows which
 profiles it serves, declared with the URL (`http://host:8100#calibrated-2`, first name = its
 default) or read from the plugin's status route (controller.load_monitor; a server without that
 route is not constrained: declare `#full` for stock vLLM). A request asking for
