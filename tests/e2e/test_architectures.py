@@ -1,7 +1,8 @@
 """Skip profiles and KV budgets on every common decoder architecture (tiny random-weight models
-built by transformers from a config): vLLM with a skip profile generates what transformers
-generates with those layers removed, each layer's KV spec is what vllm_adaptive.kv predicts,
-and architectures the plugin cannot handle are refused at start-up with the reason."""
+built by transformers from a config), served by a compiled engine per request: vLLM with each
+profile generates what transformers generates with those layers removed, each layer's KV spec
+is what vllm_adaptive.kv predicts, and architectures the plugin cannot handle are refused at
+start-up with the reason."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from vllm_adaptive.kv import KV, plan
 
 pytestmark = pytest.mark.engine
 
-SKIP = [1]
+SKIP = [1]  # the default profile 'lean' (its layer is not built)
+LEANER = [1, 2]  # a second profile, served per request by its own compiled view
 BUDGET = {"2": 32}  # a window of 32 tokens on layer 2
 LAYERS = 4
 SMALL = dict(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
@@ -81,21 +83,25 @@ def test_skip_profile_equals_transformers_without_those_layers(architecture, smo
     profiles.write_text(json.dumps({
         "format": "vllm-adaptive/profiles-v1",
         "model": {"architecture": architecture, "num_layers": LAYERS, "hidden_size": 128},
-        "default": "lean", "profiles": {"lean": {"skip": SKIP, "kv": BUDGET}}}))
+        "default": "lean", "profiles": {"lean": {"skip": SKIP, "kv": BUDGET}, "leaner": {"skip": LEANER}}}))
     out = result(run_engine(folder, f"""
-        llm = LLM({str(folder)!r}, enforce_eager=True, dtype="float32", max_model_len=256, max_num_seqs=4,
+        llm = LLM({str(folder)!r}, dtype="float32", max_model_len=256, max_num_seqs=4,
                   additional_config={{"adaptive": {{"profiles": {str(profiles)!r}}}}})
-        sp = SamplingParams(max_tokens={TOKENS}, temperature=0)
-        ids = llm.generate([{{"prompt_token_ids": {PROMPT!r}}}], sp)[0].outputs[0].token_ids
+        run = lambda extra: llm.generate([{{"prompt_token_ids": {PROMPT!r}}}], SamplingParams(
+            max_tokens={TOKENS}, temperature=0, extra_args=extra))[0].outputs[0].token_ids
+        ids, leaner = run(None), run({{"adaptive_profile": "leaner"}})
         cfg = llm.llm_engine.engine_core.engine_core.scheduler.kv_cache_config
         groups = [[getattr(g.kv_cache_spec, "sliding_window", None), sorted(next(int(x) for x in n.split(".") if x.isdigit()) for n in g.layer_names)]
                   for g in cfg.kv_cache_groups]
-        print("RESULT", json.dumps({{"ids": list(ids), "groups": groups,
+        print("RESULT", json.dumps({{"ids": list(ids), "leaner": list(leaner), "groups": groups,
                                     "stack": llm.collective_rpc("adaptive_status")[0]["stacks"][0]}}))
     """))
     # the KV budget changes nothing while the context (19 tokens) fits every window
     assert out["ids"] == hf_greedy(folder, architecture, PROMPT, SKIP, TOKENS)
     assert out["ids"] != hf_greedy(folder, architecture, PROMPT, [], TOKENS)  # skipping changes the output
+    leaner = hf_greedy(folder, architecture, PROMPT, LEANER, TOKENS)
+    assert out["leaner"] == leaner != out["ids"]  # per request, by its own compiled view
+    assert out["stack"]["compiled"] and list(out["stack"]["views"]) == ["leaner"]
     effective = [KV.NONE if i in SKIP else min(32, native.get(i, 32)) if str(i) in BUDGET
                  else native.get(i, KV.FULL) for i in range(LAYERS)]
     predicted = [[None if g.window is KV.FULL else g.window, sorted(g.layers)] for g in plan(effective).groups]
