@@ -5,9 +5,11 @@
 Modes, each in a fresh single-process engine, one after the other (never two engines at once):
 stock vLLM with its default flags (torch.compile), stock `--enforce-eager`, the plugin compiled
 with default profile `full` and with each calibrated profile as default (one compiled engine per
-profile: its skipped layers are not built), and the plugin eager serving every profile per
-request from one engine. A second start of one compiled plugin engine shows what vLLM's compile
-cache saves (the bench uses its own empty cache folder, so first starts are cold).
+profile: its skipped layers are not built), one compiled engine serving every profile per request
+(a compiled view per profile; also with the grouping scheduler), and the plugin eager serving every
+profile per request. The per-request engines also decode a mixed workload (two profiles alternating:
+one batch vs one batch per profile). A second start of the compiled per-request engine shows what
+vLLM's compile cache saves (the bench uses its own empty cache folder, so first starts are cold).
 
 Per mode: decode tokens/s at batch 1 / 8 / 32 (t(64 new tokens) - t(1 new token), greedy, real
 ShareGPT prompts, median of --reps), time to first token (one prompt, max_tokens=1, median),
