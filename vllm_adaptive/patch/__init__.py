@@ -171,9 +171,8 @@ def _compile_profile_views() -> None:
 
     def warming_up_model(self):
         original(self)  # compiles the decoder itself: the default profile
-        views = install(self.get_model()) if self.vllm_config.compilation_config.mode else []
         with _set_global_compilation_settings(self.vllm_config):
-            for view in views:
+            for view in install(self.get_model()):  # none for eager stacks and one-profile engines
                 for name in view.compiled:
                     with view.warming(name):
                         self.profile_run()
