@@ -27,6 +27,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import child, data, plotting
@@ -73,8 +74,7 @@ def worker(spec: dict) -> dict:
         for batch in BATCHES:
             tps = []
             for _ in range(spec["reps"]):
-                first = timed(prompts[:batch], 1, profile)
-                tps.append(_tps(batch, timed(prompts[:batch], NEW_TOKENS, profile) - first))
+                tps.append(decode_tps(lambda n: timed(prompts[:batch], n, profile), batch))
             row[f"decode_tps_b{batch}"] = statistics.median(tps)
             row[f"decode_tps_b{batch}_range"] = [min(tps), max(tps)]
         row["ttft_s"] = statistics.median(timed(prompts[:1], 1, profile) for _ in range(2 * spec["reps"]))
@@ -95,17 +95,19 @@ def mixed_workload(timed, prompts: list[str], profiles: list[str], reps: int) ->
         groups = [[p for i, p in enumerate(prompts[:batch]) if i % len(profiles) == k] for k in range(len(profiles))]
         mixed, grouped = [], []
         for _ in range(reps):
-            mixed.append(_tps(batch, timed(prompts[:batch], NEW_TOKENS, profiles) - timed(prompts[:batch], 1, profiles)))
-            whole = sum(timed(g, NEW_TOKENS, p) for g, p in zip(groups, profiles))
-            grouped.append(_tps(batch, whole - sum(timed(g, 1, p) for g, p in zip(groups, profiles))))
+            mixed.append(decode_tps(lambda n: timed(prompts[:batch], n, profiles), batch))
+            grouped.append(decode_tps(lambda n: sum(timed(g, n, p) for g, p in zip(groups, profiles)), batch))
         out[f"mixed_tps_b{batch}"] = statistics.median(mixed)
         out[f"grouped_tps_b{batch}"] = statistics.median(grouped)
     print("PROGRESS mixed", json.dumps(out), flush=True)
     return out
 
 
-def _tps(batch: int, seconds: float) -> float:
-    return batch * (NEW_TOKENS - 1) / seconds
+def decode_tps(generate: Callable[[int], float], batch: int) -> float:
+    """Decode tokens/s of `batch` sequences, from `generate(n)` = seconds to generate n new tokens
+    each: t(NEW_TOKENS) - t(1) leaves prefill and the first token out."""
+    first = generate(1)
+    return batch * (NEW_TOKENS - 1) / (generate(NEW_TOKENS) - first)
 
 
 def cpu_flags() -> list[str]:

@@ -6,7 +6,7 @@ Starts the plugin with vLLM's default flags (compiled; CUDA graphs on a GPU) ser
 default) and two skip profiles per request, then the same profiles in an eager engine, and prints
 one JSON line: the platform, what the compiled engine serves (today a GPU serves the default only,
 with a warning), each profile's greedy text in both engines, and decode tok/s per profile in the
-compiled engine (8 x 64 tokens, bench.engine_speed's measure). Exit code 1 when a profile the
+compiled engine (8 sequences, bench.engine_speed.decode_tps). Exit code 1 when a profile the
 compiled engine says it serves differs from the eager engine's text. Runs on the CPU too (that is
 how it was tested). Run it from the repository root.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_PLUGINS", "adaptive")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
 
 PROFILES = {"skip-2": [14, 15], "skip-4": [8, 11, 14, 15]}
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at", "The largest planet is"]
@@ -31,6 +32,8 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at", "T
 def engine(model: str, path: str, eager: bool) -> dict:
     """One engine (this process): its status and each profile's text and decode speed."""
     from vllm import LLM, SamplingParams
+
+    from bench.engine_speed import decode_tps
 
     t0 = time.perf_counter()
     llm = LLM(model, enforce_eager=eager, dtype="float32", max_model_len=512, max_num_seqs=8,
@@ -46,8 +49,7 @@ def engine(model: str, path: str, eager: bool) -> dict:
             out["texts"][name] = [o.outputs[0].text for o in outs[:len(PROMPTS)]]
             return time.perf_counter() - t
         run(8)  # warm-up
-        first = run(1)
-        out["decode_tps_b8"][name] = round(2 * len(PROMPTS) * 63 / (run(64) - first), 1)
+        out["decode_tps_b8"][name] = round(decode_tps(run, 2 * len(PROMPTS)), 1)
     return out
 
 
@@ -55,7 +57,6 @@ def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--engine":  # child: one engine per process
         print("RESULT " + json.dumps(engine(sys.argv[2], sys.argv[3], sys.argv[4] == "eager")), flush=True)
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from vllm.platforms import current_platform
 
     from vllm_adaptive import model_store
