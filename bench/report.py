@@ -103,11 +103,25 @@ def fleet(d: dict) -> list[str]:
             f"(command recorded: `{d['command']}`)."]
 
 
+def embedding(d: dict) -> list[str]:
+    """Query embeddings through the controller's micro-batcher vs one encode per query."""
+    out = [f"{d['encoder']}, {d['workers']} encoder threads, {d['seconds']:.0f} s per point.", "",
+           "| concurrent clients | one encode per query: q/s, p50 / p99 | micro-batched: q/s (ratio), p50 / p99 | mean batch |",
+           "|---|---|---|---|"]
+    for clients, run in d["runs"].items():
+        one, batched = run["one encode per query"], run["micro-batched"]
+        out.append(f"| {clients} | {one['queries_per_s']:.0f}, {one['p50_ms']:.1f} / {one['p99_ms']:.1f} ms | "
+                   f"{batched['queries_per_s']:.0f} ({_ratio(batched['queries_per_s'], one['queries_per_s'])}), "
+                   f"{batched['p50_ms']:.1f} / {batched['p99_ms']:.1f} ms | {batched['mean_batch']:.1f} |")
+    return out
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Engine: stock vLLM (default flags, compiled) vs the plugin", "engine_speed.json", engine),
     ("Engine: layer-wise KV budgets vs full KV, same KV memory", "kv_budget.json", kv_budgets),
     ("Semantic caches: this project vs RedisVL and GPTCache", "cache_compare.json", caches),
     ("Controller under load", "fleet_load.json", fleet),
+    ("Controller: micro-batched query embeddings", "embed_batching.json", embedding),
 ]
 
 

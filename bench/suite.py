@@ -43,4 +43,5 @@ BENCHES = (
     Bench("kv_budget", "bench.kv_budget"),
     Bench("plugin_overhead", "bench.plugin_overhead", ("--reps", "4")),
     Bench("proxy_overhead", "bench.proxy_overhead"),
+    Bench("embed_batching", "bench.embed_batching", quick=("--seconds", "0.5", "--concurrency", "1,8")),
 )

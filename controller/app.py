@@ -90,6 +90,7 @@ def create_app(settings: Settings, encoder: Encoder) -> FastAPI:
             yield
             monitor.cancel()
             follower.cancel()
+            await ctl.embedder.close()
         await raw.aclose()
 
     app = FastAPI(title="adaptive-controller", lifespan=lifespan)

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from controller.embeddings import ENCODERS
 from vllm_adaptive import envs
 
 DEFAULT_CONFIG = "configs/policies.yaml"
@@ -105,8 +106,16 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-timeout", type=float, default=0.5, metavar="SECONDS",
                    help="deadline of one Redis round-trip; past it the cache is bypassed (circuit breaker) "
                    "until Redis answers again (default: %(default)s)")
-    p.add_argument("--encoder", default="minilm-int8-onnx",
-                   choices=["minilm-int8-onnx", "minilm-fp32-torch"], help="query embedding model")
+    p.add_argument("--encoder", default="minilm-int8-onnx", choices=list(ENCODERS),
+                   help="query embedding model (bench/encoders.py compares them; default: %(default)s)")
+    p.add_argument("--embed-deadline-ms", type=float, default=100.0, metavar="MS",
+                   help="a query not embedded within this (queue wait included) bypasses the cache: "
+                   "a miss, never a stall (default: %(default)s)")
+    p.add_argument("--embed-max-batch", type=int, default=32,
+                   help="most concurrent queries encoded together (default: %(default)s)")
+    p.add_argument("--embed-workers", type=int, default=4,
+                   help="encoder threads (one core each at most); two per core keep the cores busy "
+                   "(default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

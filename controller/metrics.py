@@ -37,8 +37,16 @@ class Metrics:
             buckets=(0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1), registry=r,
         )
         self.embed_seconds = Histogram(
-            "adaptive_embedding_seconds", "Query embedding latency",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), registry=r,
+            "adaptive_embedding_seconds", "Query embedding latency (queue wait included)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25), registry=r,
+        )
+        self.embed_batch_size = Histogram(
+            "adaptive_embedding_batch_size", "Queries encoded together (controller.embed_batch)",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+        self.embed_misses = Counter(
+            "adaptive_embedding_deadline_misses", "Queries not embedded by the deadline (or the encoder "
+            "failed): served without the cache", registry=r,
         )
         self.entries = Gauge("adaptive_cache_entries", "Entries indexed", ["category"], registry=r)
         self.evictions = Gauge(

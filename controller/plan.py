@@ -125,7 +125,9 @@ def parse(endpoint: str, body: Any, headers: dict[str, str], snap: PolicySnapsho
 
 
 def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | None) -> RequestPlan:
-    """Finish the plan; `vector` is the query's embedding when `parsed.needs_vector(snap)`."""
+    """Finish the plan; `vector` is the query's embedding when `parsed.needs_vector(snap)` (None
+    if it was not ready in time: the category is then the header's or the default, and the cache
+    is neither read nor written)."""
     if parsed.explicit_category is not None:
         category, category_source = parsed.explicit_category, "header"
     elif parsed.key is not None and vector is not None:
@@ -136,6 +138,8 @@ def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | 
     decision = snap.decision(category, level)
     read, write, reason = (False, False, "shape") if parsed.key is None else _cache_use(
         parsed.key, policy, parsed.body, parsed.directives)
+    if (read or write) and vector is None:  # the embedding missed its deadline: a miss, never a stall
+        read, write, reason = False, False, "embed-deadline"
 
     xargs = dict(parsed.body.get("vllm_xargs") or {})
     client_profile = xargs.get(PROFILE_XARG)

@@ -34,7 +34,8 @@ def run_controller(args: argparse.Namespace, ready: Callable[[Any], None] | None
             config_path=Path(args.config), backends=args.backend, redis_url=redis_url,
             admin_token=args.admin_token or os.environ.get("ADAPTIVE_ADMIN_TOKEN"),
             upstream_timeout=args.upstream_timeout, max_body_bytes=args.max_body_bytes,
-            redis_timeout=args.redis_timeout,
+            redis_timeout=args.redis_timeout, embed_deadline=args.embed_deadline_ms / 1e3,
+            embed_max_batch=args.embed_max_batch, embed_workers=args.embed_workers,
         )
         try:
             app = create_app(settings, embeddings.load(args.encoder))

@@ -6,7 +6,6 @@ backend traffic in controller.upstream, the request path in controller.proxy.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 
 from controller.backends import BackendPool
 from controller.cache import SemanticCache
+from controller.embed_batch import EmbedBatcher
 from controller.embeddings import Encoder
 from controller.load_monitor import LoadTracker
 from controller.metrics import Metrics
@@ -40,6 +40,9 @@ class Settings:
     upstream_timeout: float = 120.0  # longest silence accepted from a backend (controller.upstream)
     max_body_bytes: int = 8 << 20  # larger request bodies get 413
     redis_timeout: float = 0.5  # deadline of one Redis round-trip before the breaker opens
+    embed_deadline: float = 0.1  # a query not embedded by then is a cache miss (controller.embed_batch)
+    embed_max_batch: int = 32  # most queries encoded together
+    embed_workers: int = 4  # encoder threads; two per core keep both busy through the Python between encodes
 
 
 class Controller:
@@ -49,6 +52,8 @@ class Controller:
                  pool: BackendPool, upstream: Upstream, metrics: Metrics, tasks: TaskSet) -> None:
         self.settings = settings
         self.encoder = encoder
+        self.embedder = EmbedBatcher(encoder, settings.embed_max_batch, settings.embed_deadline,
+                                     settings.embed_workers, metrics.embed_batch_size.observe)
         self.snapshot = snapshot
         self.cache = cache
         self.pool = pool
@@ -62,11 +67,14 @@ class Controller:
         """Fresh backend loads (called by the load monitor after each round of scrapes)."""
         self.load.observe(self.pool, self.snapshot, self.metrics)
 
-    async def embed(self, text: str) -> np.ndarray:
-        """The query's embedding (off the event loop: the encoder is CPU-bound)."""
+    async def embed(self, text: str) -> np.ndarray | None:
+        """The query's embedding, batched with concurrent queries off the event loop; None when it
+        missed the deadline (the request then bypasses the cache, controller.plan)."""
         t0 = time.perf_counter()
-        vector = (await asyncio.to_thread(self.encoder.encode, [text]))[0]
+        vector = await self.embedder.embed(text)
         self.metrics.embed_seconds.observe(time.perf_counter() - t0)
+        if vector is None:
+            self.metrics.embed_misses.inc()
         return vector
 
     async def reload(self) -> PolicySnapshot:
