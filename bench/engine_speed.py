@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import child, data, plotting
+from bench.machine import cpu_flags
 
 BATCHES = (1, 8, 32)
 NEW_TOKENS = 64
@@ -108,13 +109,6 @@ def decode_tps(generate: Callable[[int], float], batch: int) -> float:
     each: t(NEW_TOKENS) - t(1) leaves prefill and the first token out."""
     first = generate(1)
     return batch * (NEW_TOKENS - 1) / (generate(NEW_TOKENS) - first)
-
-
-def cpu_flags() -> list[str]:
-    from vllm_adaptive import cli
-
-    flags = cli.cpu_flags(cli._read_cpuinfo()) or frozenset()
-    return sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("bf16", "fma", "f16c"))
 
 
 def run_mode(spec: dict, env: dict[str, str], log) -> dict:
