@@ -52,6 +52,7 @@ import yaml
 
 from bench import data, plotting
 from controller.procs import free_port, start_vllm, stop_group, wait_http
+from policies.schema import rebased
 
 SLOTS, SERVICE_S = 4, 0.4
 SIM_CAPACITY = SLOTS / SERVICE_S
@@ -99,13 +100,8 @@ def build_trace(kind: str, n: int, rate: float, seed: int) -> tuple[list[tuple[f
 
 def policy_variant(path: Path, out: Path, load: bool, factual_floor: float | None = None) -> Path:
     """The example policies without load sections (static), or with a ladder and a factual floor."""
-    doc = yaml.safe_load(path.read_text())
-    # the variant is written elsewhere: the file's relative paths (classifier weights, compute
-    # profiles) must still point where the original's do
-    if doc.get("compute_profiles"):
-        doc["compute_profiles"] = str((path.parent / doc["compute_profiles"]).resolve())
-    if (doc.get("classifier") or {}).get("weights"):
-        doc["classifier"]["weights"] = str((path.parent / doc["classifier"]["weights"]).resolve())
+    # written elsewhere: the file's relative paths must still point where the original's do
+    doc = rebased(yaml.safe_load(path.read_text()), str(path.parent.resolve()))
     for cat in doc["categories"]:
         policy = cat["policy"]
         if not load:

@@ -6,6 +6,7 @@ never a path to open.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import yaml
@@ -233,6 +234,25 @@ class PolicyConfig(_Strict):
             if cat.name == name:
                 return cat
         raise KeyError(name)
+
+
+#: The fields that name files, relative to the policy file's folder: a copy of the file written
+#: elsewhere (a benchmark's variant) must rebase them (`rebased`).
+PATH_FIELDS: tuple[tuple[str, ...], ...] = (("compute_profiles",), ("classifier", "weights"))
+
+
+def rebased(doc: dict[str, Any], folder: str) -> dict[str, Any]:
+    """`doc` (a parsed policy file) with its relative file paths joined to `folder`, so that it can
+    be written anywhere; pure (no file is read)."""
+    out = copy.deepcopy(doc)
+    for path in PATH_FIELDS:
+        *parents, leaf = path
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str) and not node[leaf].startswith("/"):
+            node[leaf] = f"{folder.rstrip('/')}/{node[leaf]}"
+    return out
 
 
 def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

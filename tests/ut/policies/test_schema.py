@@ -81,3 +81,28 @@ def test_classifier_section():
     assert "c.yaml:5: classifier.confidence_floor:" in str(err.value)
     with pytest.raises(PolicyError, match="c.yaml:3: classifier.weights:"):
         parse_policies(GOOD.replace("categories:", "classifier: {weights: ''}\ncategories:", 1), "c.yaml")
+
+
+def _path_fields(model, prefix=()) -> set[tuple[str, ...]]:
+    """Every field whose description says it is a file relative to the policy file's folder."""
+    from pydantic import BaseModel
+
+    found = set()
+    for name, field in model.model_fields.items():
+        if "relative to the policy file's folder" in (field.description or ""):
+            found.add((*prefix, name))
+        for arg in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                found |= _path_fields(arg, (*prefix, name))
+    return found
+
+
+def test_path_fields_lists_every_file_field_and_rebased_moves_only_relative_ones():
+    from policies.schema import PATH_FIELDS, PolicyConfig, rebased
+
+    assert set(PATH_FIELDS) == _path_fields(PolicyConfig)  # a new file field must be listed
+    doc = {"compute_profiles": "p.json", "classifier": {"weights": "/abs/clf.npz"}, "categories": []}
+    moved = rebased(doc, "/etc/policies/")
+    assert moved["compute_profiles"] == "/etc/policies/p.json" and moved["classifier"]["weights"] == "/abs/clf.npz"
+    assert doc["compute_profiles"] == "p.json"  # the input is not changed
+    assert rebased({"categories": []}, "/x") == {"categories": []}
