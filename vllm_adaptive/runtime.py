@@ -12,7 +12,7 @@ request never reads KV of a layer it skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +27,11 @@ log = logging.getLogger("vllm.adaptive")
 #: A layer's action in one step: False = run for every token, True = skip for every token,
 #: an int = mixed batch, index of the per-token skip pattern (compute-and-mask).
 Action = bool | int
+
+
+def served_as(name: str | None, default: str, served: Collection[str]) -> str:
+    """The profile that serves a request naming `name`: itself if served, else the default."""
+    return name if name is not None and name in served else default
 
 
 class StepPlan:
@@ -51,10 +56,9 @@ class StepPlan:
     def profile_name(self, extra_args: dict[str, Any] | None) -> str:
         """Profile a request asked for, or the default (an unknown name is logged, once)."""
         name = (extra_args or {}).get(REQUEST_PROFILE_KEY)
-        if name is None:
-            return self.profiles.default
-        if name in self.profiles.profiles:
-            return name
+        served = served_as(name, self.profiles.default, self.profiles.profiles)
+        if name is None or served == name:
+            return served
         if name not in self._warned:
             self._warned.add(name)
             log.warning("vllm-adaptive: profile %r is not served by this engine (serving %s); serving %r",

@@ -57,11 +57,13 @@ def test_grouping_scheduler_gives_each_step_one_profile(smollm2_dir, profile_fil
         res = {{name: texts(llm.generate(PROMPTS, sp(name))) for name in ("full", "fastest")}}
         res["mixed"] = texts(llm.generate(PROMPTS + PROMPTS, [sp("full"), sp("fastest"), sp(None)] * 2))
         res["steps"] = llm.collective_rpc("adaptive_status")[0]["steps"]
+        res["turns"] = dict(llm.llm_engine.engine_core.engine_core.scheduler.turns)
         print("RESULT", json.dumps(res))
     """))
     full, fastest = out["full"], out["fastest"]
     assert out["mixed"] == [full[0], fastest[1], full[2], full[0], fastest[1], full[2]]  # default 'full'
     assert out["steps"]["mixed"] == 0 and out["steps"]["uniform"] > 0  # the profiles took turns
+    assert set(out["turns"]) == {"full", "fastest"}  # naming none or the default by name: one group
 
 
 def test_bad_profiles_are_refused_at_start_up(smollm2_dir, tiny_llama_dir, profile_file, tmp_path):

@@ -5,8 +5,9 @@ a step mixing profiles runs the masked eager view (vllm_adaptive.models.views), 
 (`bench.engine_speed`'s mixed workload). This scheduler takes turns between the profiles of the
 requests it holds: each step it hides the other profiles' running and waiting requests from vLLM's
 own scheduler, which then schedules as always, and puts them back afterwards (their KV stays; vLLM
-treats them like requests the token budget left out of a step). A request's profile is the one it
-names (`SamplingParams.extra_args["adaptive_profile"]`); requests naming none form their own group.
+treats them like requests the token budget left out of a step). Requests are grouped by the profile
+the engine serves them (`SamplingParams.extra_args["adaptive_profile"]`): naming none, the default
+by name, or a profile the engine does not serve all run the default, so they share its turns.
 
     vllm serve MODEL --scheduler-cls vllm_adaptive.core.sched.ProfileGroupingScheduler
 
@@ -16,33 +17,54 @@ synchronous `Scheduler`; vLLM's CPU platform turns async scheduling off, so it i
 
 from __future__ import annotations
 
+from collections import Counter
+
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
 from vllm_adaptive.config import REQUEST_PROFILE_KEY
-
-
-def profile_of(request: Request) -> str | None:
-    """The profile a request names (None: the engine's default)."""
-    params = request.sampling_params
-    return ((params.extra_args if params is not None else None) or {}).get(REQUEST_PROFILE_KEY)
+from vllm_adaptive.runtime import served_as
 
 
 class ProfileGroupingScheduler(Scheduler):
     """vLLM's scheduler, one profile per step, the profiles taking turns (no profile starves)."""
 
-    _last: str = ""  # the group that had the last turn ("" before any; None is the default's group)
+    _last: str = ""  # the group that had the last turn ("" before any)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from vllm_adaptive.models.layers import served_profiles
+
+        table = served_profiles(self.vllm_config, self.vllm_config.model_config.hf_text_config.num_hidden_layers,
+                                log=False)
+        self._default = table.default if table is not None else ""
+        self._served = frozenset(table.profiles) if table is not None else frozenset()
+        self._groups: dict[str, str] = {}  # request id -> its group, found once
+        #: Steps given to each group (what took turns).
+        self.turns: Counter[str] = Counter()
+
+    def _group(self, request: Request) -> str:
+        group = self._groups.get(request.request_id)
+        if group is None:
+            params = request.sampling_params
+            name = ((params.extra_args if params is not None else None) or {}).get(REQUEST_PROFILE_KEY)
+            group = self._groups[request.request_id] = served_as(name, self._default, self._served)
+        return group
 
     def schedule(self, *args, **kwargs) -> SchedulerOutput:
-        groups = sorted({profile_of(r) for r in (*self.running, *self.waiting)}, key=lambda p: (p is not None, p or ""))
+        live = (*self.running, *self.waiting)
+        self._groups = {r.request_id: self._group(r) for r in live}  # finished requests leave
+        groups = sorted(set(self._groups.values()))
         if len(groups) <= 1:
+            self.turns.update(groups)
             return super().schedule(*args, **kwargs)
         turn = groups[(groups.index(self._last) + 1) % len(groups)] if self._last in groups else groups[0]
         self._last = turn
-        hidden_running = [r for r in self.running if profile_of(r) != turn]
-        hidden_waiting = [r for r in self.waiting if profile_of(r) != turn]
-        self.running = [r for r in self.running if profile_of(r) == turn]
+        self.turns[turn] += 1
+        hidden_running = [r for r in self.running if self._groups[r.request_id] != turn]
+        hidden_waiting = [r for r in self.waiting if self._groups[r.request_id] != turn]
+        self.running = [r for r in self.running if self._groups[r.request_id] == turn]
         self.waiting.remove_requests(hidden_waiting)
         try:
             return super().schedule(*args, **kwargs)

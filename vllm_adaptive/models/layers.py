@@ -133,9 +133,10 @@ class _Build:
 _BUILDING: ContextVar[_Build | None] = ContextVar("vllm_adaptive_building", default=None)
 
 
-def served_profiles(vllm_config: VllmConfig, num_layers: int) -> ProfileSet | None:
+def served_profiles(vllm_config: VllmConfig, num_layers: int, log: bool = True) -> ProfileSet | None:
     """The profile set this engine serves for a stack of `num_layers` layers (None: no profiles,
-    or a stack other than the text decoder's), validated against the model and the engine."""
+    or a stack other than the text decoder's), validated against the model and the engine; `log`:
+    warn about the profiles left out (once, when the model is built)."""
     options = plugin_config.from_vllm_config(vllm_config.additional_config)
     model_config = vllm_config.model_config
     if not options.profiles or model_config is None:
@@ -152,7 +153,7 @@ def served_profiles(vllm_config: VllmConfig, num_layers: int) -> ProfileSet | No
     spec = ModelSpec(architecture, num_layers, text.hidden_size)
     table = ProfileSet.load(options.profiles, spec)
     table, dropped = table.with_default(options.default_profile or table.default, options.profiles)
-    if dropped:
+    if dropped and log:
         logger.warning("vllm-adaptive: profiles %s are not served: they run layers that the default profile %r "
                        "keeps no KV (or weights) for", dropped, table.default)
     max_len = model_config.max_model_len
@@ -169,9 +170,11 @@ def served_profiles(vllm_config: VllmConfig, num_layers: int) -> ProfileSet | No
     if options.serve:
         table = table.only(options.serve, options.profiles)
     if _compiled(vllm_config) and len(table.profiles) > 1 and not _on_cpu():
-        logger.warning("vllm-adaptive: compiled engine on a GPU: serving only the default profile %r; per-request "
-                       "profiles need a CUDA-graph set per profile view, which is not built (docs/compiled-views.md); "
-                       "use --enforce-eager, or one compiled server per profile", table.default)
+        if log:
+            logger.warning("vllm-adaptive: compiled engine on a GPU: serving only the default profile %r; per-request "
+                           "profiles need a CUDA-graph set per profile view, which is not built "
+                           "(docs/compiled-views.md); use --enforce-eager, or one compiled server per profile",
+                           table.default)
         table = replace(table, profiles={table.default: table.get(None)})
     return table
 

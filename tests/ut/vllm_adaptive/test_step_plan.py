@@ -65,3 +65,13 @@ def test_warming_runs_every_size_as_the_profile_then_the_default():
     with plan.warming("b"):
         assert plan.step_profile(1) == "b" and plan.action(4, 1, torch.device("cpu")) is True
     assert plan.step_profile(1) == "full" and plan.action(4, 1, torch.device("cpu")) is False
+
+
+def test_a_request_is_served_by_its_profile_or_else_the_default():
+    """The rule StepPlan and the grouping scheduler share (vllm_adaptive.core.sched groups by it)."""
+    from vllm_adaptive.runtime import served_as
+
+    served = {"full", "fast"}
+    assert served_as(None, "full", served) == served_as("full", "full", served) == "full"
+    assert served_as("unknown", "full", served) == "full"  # served as the default, so grouped with it
+    assert served_as("fast", "full", served) == "fast"
