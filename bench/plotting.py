@@ -16,10 +16,10 @@ def subplots(*args, **kwargs):
 
 
 def save(fig, path: Path, axes=(), legend: bool = True) -> None:
-    """Grid and legend on `axes`, then write `path`."""
+    """Grid and (where something is labelled) legend on `axes`, then write `path`."""
     for ax in axes:
         ax.grid(alpha=0.3)
-        if legend:
+        if legend and ax.get_legend_handles_labels()[0]:  # axes with labelled lines or bars only
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
