@@ -60,11 +60,12 @@ class EmbedBatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.deadline_s)
         except TimeoutError:
-            future.cancel()  # still queued: skipped; being encoded: its result is dropped
             return None
         except Exception:
             log.exception("query embedding failed; served as a cache miss")
             return None
+        finally:  # past the deadline or the request cancelled: still queued, it is skipped
+            future.cancel()  # (being encoded: its result is dropped); done: no-op
 
     async def close(self) -> None:
         """Stop the workers (queries still queued then miss their deadlines)."""

@@ -118,3 +118,18 @@ async def test_a_request_whose_embedding_misses_the_deadline_is_served_by_the_ba
     assert "adaptive_embedding_deadline_misses_total 1.0" in metrics
     again = httpx.post(ctl.url + "/v1/chat/completions", json=body, timeout=30)
     assert again.headers["x-cache"] == "MISS"  # the encoder is back: the cache is used again
+
+
+async def test_a_cancelled_request_s_query_is_not_encoded(encoder):
+    slow = SlowEncoder(encoder)
+    batcher = EmbedBatcher(slow, max_batch=1, deadline_s=5.0, workers=1)
+    first = asyncio.create_task(batcher.embed("first"))
+    gone = asyncio.create_task(batcher.embed("client went away"))
+    await asyncio.sleep(0.1)
+    gone.cancel()  # e.g. the client disconnected while its query waited
+    await asyncio.sleep(0)
+    slow.release.set()
+    assert await first is not None
+    assert await batcher.embed("next") is not None
+    await batcher.close()
+    assert slow.texts == ["first", "next"]
