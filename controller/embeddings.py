@@ -183,34 +183,32 @@ class TorchMPNet(TorchEncoder):
 def encode_many(encoder: Encoder, texts: list[str], batch: int = 64) -> np.ndarray:
     """Encode many texts (training, calibration, benchmarks), batching similar lengths together:
     padding to the longest text of a batch is most of the cost."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        out[idx] = encoder.encode([texts[i] for i in idx])
-    return out
+    return encode_grouped(encoder, texts, slack=None, max_size=batch)
 
 
-def length_groups(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
+def length_groups(lengths: list[int], slack: float | None = 1.25, max_size: int | None = None) -> list[list[int]]:
     """Indices of texts grouped by length so that each group, padded to its longest, holds at most
-    `slack` x its real length. A batch's cost on the CPU follows its padded tokens: one batch of
-    random-length queries cost more per query than encoding each alone (bench/embed_batching.py)."""
+    `slack` x its real length (None: no bound) and at most `max_size` texts. A batch's cost on the
+    CPU follows its padded tokens: one batch of random-length queries cost more per query than
+    encoding each alone (bench/embed_batching.py)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     for i in order:
         group = groups[-1] if groups else None
-        if group and lengths[i] * (len(group) + 1) <= slack * (sum(lengths[j] for j in group) + lengths[i]):
+        if group and (max_size is None or len(group) < max_size) and (
+                slack is None or lengths[i] * (len(group) + 1) <= slack * (sum(lengths[j] for j in group) + lengths[i])):
             group.append(i)
         else:
             groups.append([i])
     return groups
 
 
-def encode_grouped(encoder: Encoder, texts: list[str], slack: float = 1.25) -> np.ndarray:
+def encode_grouped(encoder: Encoder, texts: list[str], slack: float | None = 1.25,
+                   max_size: int | None = None) -> np.ndarray:
     """`encoder.encode(texts)` in length groups (`length_groups`, character lengths standing in
     for tokens), rows in the order given."""
     out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    for group in length_groups([len(t) for t in texts], slack):
+    for group in length_groups([len(t) for t in texts], slack, max_size):
         out[group] = encoder.encode([texts[i] for i in group])
     return out
 
