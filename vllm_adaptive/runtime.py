@@ -29,6 +29,11 @@ log = logging.getLogger("vllm.adaptive")
 Action = bool | int
 
 
+def requested(extra_args: dict[str, Any] | None) -> str | None:
+    """The profile a request names in its `SamplingParams.extra_args` (None: none)."""
+    return (extra_args or {}).get(REQUEST_PROFILE_KEY)
+
+
 def served_as(name: str | None, default: str, served: Collection[str]) -> str:
     """The profile that serves a request naming `name`: itself if served, else the default."""
     return name if name is not None and name in served else default
@@ -55,7 +60,7 @@ class StepPlan:
 
     def profile_name(self, extra_args: dict[str, Any] | None) -> str:
         """Profile a request asked for, or the default (an unknown name is logged, once)."""
-        name = (extra_args or {}).get(REQUEST_PROFILE_KEY)
+        name = requested(extra_args)
         served = served_as(name, self.profiles.default, self.profiles.profiles)
         if name is None or served == name:
             return served

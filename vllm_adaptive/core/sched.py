@@ -23,8 +23,7 @@ from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
-from vllm_adaptive.config import REQUEST_PROFILE_KEY
-from vllm_adaptive.runtime import served_as
+from vllm_adaptive.runtime import requested, served_as
 
 
 class ProfileGroupingScheduler(Scheduler):
@@ -48,7 +47,7 @@ class ProfileGroupingScheduler(Scheduler):
         group = self._groups.get(request.request_id)
         if group is None:
             params = request.sampling_params
-            name = ((params.extra_args if params is not None else None) or {}).get(REQUEST_PROFILE_KEY)
+            name = requested(params.extra_args if params is not None else None)
             group = self._groups[request.request_id] = served_as(name, self._default, self._served)
         return group
 
