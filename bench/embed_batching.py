@@ -25,8 +25,9 @@ from bench import data, plotting
 from bench.machine import describe
 from controller import embeddings
 from controller.embed_batch import EmbedBatcher
+from controller.service import Settings
 
-DEADLINE_MS = 100.0  # controller.service.Settings.embed_deadline
+DEADLINE_MS = Settings.embed_deadline * 1e3  # the controller's default
 
 
 async def drive(embed, questions: list[str], clients: int, seconds: float) -> list[float]:
@@ -69,7 +70,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--encoder", default=embeddings.OnnxMiniLM.name, choices=list(embeddings.ENCODERS))
-    parser.add_argument("--workers", type=int, default=4, help="the batcher's encoder threads (the controller's default)")
+    parser.add_argument("--workers", type=int, default=Settings.embed_workers,
+                        help="the batcher's encoder threads (default: the controller's, %(default)s)")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     questions = [q for pair in data.qqp_pairs(limit=500, seed=2) for q in (pair["a"], pair["b"])]

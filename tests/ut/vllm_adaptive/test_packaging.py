@@ -101,4 +101,3 @@ def test_launcher_groups_profiles_per_step_in_compiled_engines(passthrough, sche
     assert given == scheduler
     assert json.loads(argv[argv.index("--additional-config") + 1])["adaptive"]["serve"] == "a,b"
     assert any("compiles its own view" in n for n in notes) == ("--enforce-eager" not in passthrough)
-
