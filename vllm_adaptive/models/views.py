@@ -16,6 +16,16 @@ same layers run eagerly, each computed once for the batch, tokens whose profile 
 their input stream (as eager engines do). Views are built and compiled at start-up, after vLLM's
 own warm-up compiled the default (patch `compile-profile-views`); without that warm-up
 (VLLM_CPU_CI_ENV) they are built at the first step and compiled at first use.
+
+Every compiled decoder (views or not) is called from a frame that starts a fresh, roomy chunk of
+CPython's frame stack (`FreshChunkCall`). CPython 3.11 keeps Python frames in 16 KiB chunks and
+frees a chunk as soon as the frame at its start returns. The graph's generated wrapper is one big
+frame (one local per buffer) that calls the attention ops' Python code once per layer; when the
+wrapper lands near the end of a chunk, each of those calls maps a new chunk and unmaps it again
+(strace on SmolLM2's `calibrated-6` view: 5,675 mmap/munmap pairs in 10 s, 0 for `calibrated-8`,
+189 for `full`), which made that 24-layer view's forward as slow as the 30-layer one. Where the
+wrapper lands depends on its size and the call depth, so it hit some graphs and not others, from
+one start to the next, stock vLLM's too. Run from a fresh chunk, one map per call remains.
 """
 
 from __future__ import annotations
@@ -92,30 +102,71 @@ class ProfileViews:
                     sorted(self.stack.profiles.profiles[name].skip), self.stack.views[name])
 
 
-class ProfileDispatch:
+#: Locals of the frame that calls a compiled graph: just over 32 KiB of frame, so it never fits in
+#: the free part of a standard 16 KiB chunk, and CPython rounds its new chunk up to 64 KiB, which
+#: leaves ~30 KiB for the graph's wrapper frame (SmolLM2's: ~6 KiB) and the ops' Python frames.
+FRESH_CHUNK_LOCALS = 4224
+
+
+def _fresh_chunk_caller(locals_: int) -> Callable[[Callable, tuple, dict], Any]:
+    """`call(run, args, kwargs)` -> `run(*args, **kwargs)`, from a frame with `locals_` local slots
+    (names declared in dead code: the compiler still reserves a slot for each)."""
+    names = " = ".join(f"_{i}" for i in range(locals_))
+    namespace: dict[str, Any] = {}
+    exec(f"def call_in_fresh_chunk(run, args, kwargs):\n    if False:\n        {names} = None\n"
+         "    return run(*args, **kwargs)\n", namespace)
+    return namespace["call_in_fresh_chunk"]
+
+
+call_in_fresh_chunk = _fresh_chunk_caller(FRESH_CHUNK_LOCALS)
+
+
+class FreshChunkCall:
+    """Put in front of a compiled decoder's class: its graph runs from a fresh frame-stack chunk."""
+
+    def __call__(self, *args, **kwargs):
+        return call_in_fresh_chunk(super().__call__, args, kwargs)  # type: ignore[misc]
+
+
+class ProfileDispatch(FreshChunkCall):
     """Put in front of a compiled decoder's class: each call runs the view the step plan picks."""
 
     adaptive_views: ProfileViews
 
     def __call__(self, *args, **kwargs):
         run = self.adaptive_views.pick(args, kwargs)
-        return super().__call__(*args, **kwargs) if run is None else run(*args, **kwargs)  # type: ignore[misc]
+        return super().__call__(*args, **kwargs) if run is None else call_in_fresh_chunk(run, args, kwargs)
 
 
-_DISPATCH: dict[type, type] = {}
+_SWAPPED: dict[tuple[type, type], type] = {}
+
+
+def _swap_class(module: torch.nn.Module, front: type) -> None:
+    """Make `module` an instance of a subclass of its class with `front` in front (one per pair)."""
+    cls = type(module)
+    if (cls, front) not in _SWAPPED:
+        _SWAPPED[cls, front] = type(f"Adaptive{cls.__name__}", (front, cls), {})
+    module.__class__ = _SWAPPED[cls, front]
 
 
 def install(model: torch.nn.Module) -> list[ProfileViews]:
-    """Give every compiled decoder of `model` that serves several profiles its views (once)."""
+    """Give every compiled decoder of `model` that serves several profiles its views, and every
+    compiled decoder the fresh-chunk call (once); returns the views."""
     found = []
     for module in list(model.modules()):
         stack = getattr(getattr(module, "layers", None), "adaptive", None)
-        if not isinstance(stack, AdaptiveStack) or not stack.compiled or stack.plan is None:
+        if not isinstance(stack, AdaptiveStack) or not stack.compiled:
             continue
-        if isinstance(module, ProfileDispatch):
-            found.append(module.adaptive_views)
+        if isinstance(module, FreshChunkCall):  # installed before
+            if isinstance(module, ProfileDispatch):
+                found.append(module.adaptive_views)
             continue
-        if not isinstance(module, TorchCompileWithNoGuardsWrapper) or getattr(module, "do_not_compile", True):
+        vllm_compiled = isinstance(module, TorchCompileWithNoGuardsWrapper) and not getattr(module, "do_not_compile", True)
+        if stack.plan is None:  # one profile: vLLM's own graph, called from a fresh chunk
+            if vllm_compiled:
+                _swap_class(module, FreshChunkCall)
+            continue
+        if not vllm_compiled:
             # vLLM does not compile this decoder (no @support_torch_compile, or a stock-torch
             # compile mode): the eager per-request layers serve every profile.
             logger.info("vllm-adaptive: %s is not compiled by vLLM; profiles served by eager per-request layers",
@@ -126,11 +177,8 @@ def install(model: torch.nn.Module) -> list[ProfileViews]:
             stack.compiled = False
             continue
         views = ProfileViews(module, stack)
-        cls = type(module)
-        if cls not in _DISPATCH:
-            _DISPATCH[cls] = type(f"Adaptive{cls.__name__}", (ProfileDispatch, cls), {})
         module.adaptive_views = views
-        module.__class__ = _DISPATCH[cls]
+        _swap_class(module, ProfileDispatch)
         found.append(views)
     return found
 

@@ -41,7 +41,8 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
      The wrapper calls the original unchanged, then hands that layout to the step plan of the
      model this runner holds (found once, kept on the runner), which resolves each layer's action.
    How: always, when the plugin is loaded; a no-op unless the model serves several profiles. On a
-     compiled engine's first step it also installs the profile views if warm-up (entry 4) did not.
+     compiled engine's first step it also installs the profile views (and the fresh-chunk call,
+     vllm_adaptive.models.views) if warm-up (entry 4) did not.
    Upstream: per-request model kwargs from sampling params (none today).
    Remove when: vLLM passes per-request metadata to the model forward.
 
@@ -52,8 +53,10 @@ Patches are applied by :func:`apply_all`, which vLLM reaches through the
      request, stalling every request in that step for the length of a compile. After the stock
      warm-up (which compiles the default profile) the wrapper installs the views and runs one
      profiling pass per view, under that profile, so each compiles (or loads from vLLM's compile
-     cache) before the engine serves.
-   How: always, when the plugin is loaded; a no-op for eager engines and engines serving one profile.
+     cache) before the engine serves. It also puts the fresh-chunk call in front of every compiled
+     decoder (one profile or several): CPython 3.11 maps and unmaps a frame-stack chunk per
+     attention-op call when a graph's wrapper frame lands near a chunk's end (models.views).
+   How: always, when the plugin is loaded; a no-op for eager engines.
    Upstream: per-request skip / multiple compiled model variants in vLLM (none today).
    Remove when: vLLM compiles model variants chosen per step itself. GPU: the same design needs the
      GPU runner's ``capture_model`` to capture piecewise CUDA graphs per view (not built; no GPU here).
@@ -172,7 +175,7 @@ def _compile_profile_views() -> None:
     def warming_up_model(self):
         original(self)  # compiles the decoder itself: the default profile
         with _set_global_compilation_settings(self.vllm_config):
-            for view in install(self.get_model()):  # none for eager stacks and one-profile engines
+            for view in install(self.get_model()):  # no views for eager stacks and one-profile engines
                 for name in view.compiled:
                     with view.warming(name):
                         self.profile_run()
