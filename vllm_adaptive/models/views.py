@@ -20,12 +20,12 @@ own warm-up compiled the default (patch `compile-profile-views`); without that w
 Every compiled decoder (views or not) is called from a frame that starts a fresh, roomy chunk of
 CPython's frame stack (`FreshChunkCall`). CPython 3.11 keeps Python frames in 16 KiB chunks and
 frees a chunk as soon as the frame at its start returns. The graph's generated wrapper is one big
-frame (one local per buffer) that calls the attention ops' Python code once per layer; when the
+frame (one local per buffer) that calls the attention ops' Python code twice per layer; when the
 wrapper lands near the end of a chunk, each of those calls maps a new chunk and unmaps it again
 (strace on SmolLM2's `calibrated-6` view: 5,675 mmap/munmap pairs in 10 s, 0 for `calibrated-8`,
 189 for `full`), which made that 24-layer view's forward as slow as the 30-layer one. Where the
 wrapper lands depends on its size and the call depth, so it hit some graphs and not others, from
-one start to the next, stock vLLM's too. Run from a fresh chunk, one map per call remains.
+one start to the next, stock vLLM's too. Run from a fresh chunk, at most one map per call remains.
 """
 
 from __future__ import annotations

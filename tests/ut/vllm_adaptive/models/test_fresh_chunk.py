@@ -32,4 +32,5 @@ def test_deep_calls_under_it_work():
     def depth(n):
         return 0 if n == 0 else 1 + depth(n - 1)
 
-    assert views.call_in_fresh_chunk(depth, (min(500, sys.getrecursionlimit() // 4),), {}) == min(500, sys.getrecursionlimit() // 4)
+    n = min(500, sys.getrecursionlimit() // 4)
+    assert views.call_in_fresh_chunk(depth, (n,), {}) == n
