@@ -58,10 +58,11 @@ def quality(encoder: embeddings.Encoder, bound: float) -> dict:
     heldback = splits["heldback"]
     t, note = global_threshold(splits["train"], bound)
     out = {"threshold_global": {"threshold": t, "note": note,
-                                **_overall(report(accepted(heldback, lambda c: (t, "threshold", 1.0)), heldback[0]))}}
+                                **_overall(report(accepted(heldback, lambda c: (t, "threshold", 1.0), verified=False),
+                                                  heldback[0]))}}
     points, refused = operating_points(splits["train"], bound)
     chosen = {c: (p.threshold, p.verifier, p.min_score) for c, p in points.items()}
-    served = accepted(heldback, lambda c: chosen.get(c, (1.01, "threshold", 1.0)))  # refused: never serves
+    served = accepted(heldback, lambda c: chosen.get(c, (1.01, "threshold", 1.0)), verified=True)  # refused: no setting
     out["verified"] = {"points": {c: list(v) for c, v in chosen.items()}, "refused": sorted(refused),
                        **_overall(report(served, heldback[0]))}
     return out

@@ -10,7 +10,8 @@ and overall: hit rate on paraphrases and near-repeats, false-hit rate per hard-n
   highest training hit rate whose false-hit upper limit on training negatives is within the bound;
 * (c) verified: per category, the operating point `calibrate-cache` picks on the training
   split (threshold + verifier + min_score, bound on the 95 % upper limit of the false-hit rate
-  of each kind of negative with enough pairs: "verified"; of all negatives pooled: "verified_pooled").
+  of each kind of negative with enough pairs: "verified"; of all negatives pooled: "verified_pooled"),
+  plus repeats (controller.verify.repeat) served at any similarity, as the controller does.
 
 Also the verifiers' own cost per candidate. Writes verified_cache.json and verified_cache.png.
 """
@@ -34,6 +35,7 @@ from controller.verify import calibrate
 PAIRS = Path("bench/results/hard_negatives")
 # configs/policies.yaml's thresholds before verified hits (commit 6c4eff6), the baseline of issue 11
 TODAY = "code=0.95,math=0.99,factual=0.96,time_sensitive=0.99,chat=0.83"
+COSINE_ONLY = ("today", "threshold_global")  # the settings of a plain similarity cache
 
 
 def report(accept: np.ndarray, records: list[dict]) -> dict:
@@ -60,7 +62,8 @@ def report(accept: np.ndarray, records: list[dict]) -> dict:
     return out
 
 
-Split = tuple[list[dict], np.ndarray, np.ndarray, dict[str, np.ndarray]]  # records, cosine, labels, verifier scores
+# records, cosine, labels, verifier scores, which pairs are repeats (served at any similarity when verified)
+Split = tuple[list[dict], np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]
 
 
 def load_splits(encoder) -> dict[str, Split]:
@@ -72,25 +75,26 @@ def load_splits(encoder) -> dict[str, Split]:
         records = calibrate.read_pairs(path)
         sims = calibrate.similarities(records, encoder, cache=path)
         labels = np.array([r["label"] for r in records])
-        data[split] = (records, sims, labels, calibrate.verifier_scores(records, sims))
+        data[split] = (records, sims, labels, calibrate.verifier_scores(records, sims), calibrate.repeats(records))
     return data
 
 
-def accepted(split: Split, choose) -> np.ndarray:
-    """Which pairs are served when category c uses `choose(c)` = (threshold, verifier, min_score)."""
-    records, sims, _, scores = split
+def accepted(split: Split, choose, *, verified: bool) -> np.ndarray:
+    """Which pairs are served when category c uses `choose(c)` = (threshold, verifier, min_score);
+    `verified`: with the verified cache's repeat rule (a cosine-only cache has none)."""
+    records, sims, _, scores, repeated = split
     accept = np.zeros(len(records), bool)
     for cat in CATEGORIES:
         mask = np.array([r["category"] == cat for r in records])
         t, name, m = choose(cat)
         accept[mask] = (sims[mask] >= t) & (scores[name][mask] >= m)
-    return accept
+    return accept | repeated if verified else accept
 
 
 def global_threshold(train: Split, bound: float) -> tuple[float, str]:
     """The one cosine threshold (all categories) with the highest training hit rate whose false-hit
     upper limit on training negatives is within `bound`: what a threshold-only cache can do."""
-    _, sims, labels, scores = train
+    _, sims, labels, scores, _ = train
     try:
         chosen = calibrate.calibrate(sims, labels, {"threshold": scores["threshold"]}, bound)
         return chosen.threshold, "meets the bound on training pairs"
@@ -101,14 +105,14 @@ def global_threshold(train: Split, bound: float) -> tuple[float, str]:
 def operating_points(train: Split, bound: float, per_kind: bool = True) -> tuple[dict, dict[str, str]]:
     """Per category, the verified operating point calibrate-cache picks on the training pairs
     (bound on each kind of negative, or on all pooled), and the categories it refuses (why)."""
-    records, sims, labels, scores = train
+    records, sims, labels, scores, repeated = train
     kinds = np.array([r["kind"] for r in records])
     points, refusals = {}, {}
     for cat in CATEGORIES:
         mask = np.array([r["category"] == cat for r in records])
         try:
             points[cat] = calibrate.calibrate(sims[mask], labels[mask], {k: v[mask] for k, v in scores.items()},
-                                              bound, kinds=kinds[mask] if per_kind else None)
+                                              bound, kinds=kinds[mask] if per_kind else None, repeated=repeated[mask])
         except calibrate.Refusal as exc:
             refusals[cat] = str(exc)
     return points, refusals
@@ -150,7 +154,7 @@ def main() -> None:
     today = {name: float(t) for name, t in (item.split("=") for item in args.today.split(","))}
     settings = {"today": {cat: (today[cat], "threshold", 1.0) for cat in CATEGORIES}}
     # (b) one global threshold, chosen on training pairs
-    tr_records, tr_sims, tr_labels, tr_scores = data["train"]
+    tr_records, tr_sims, tr_labels, tr_scores, tr_repeated = data["train"]
     tr_kinds = np.array([r["kind"] for r in tr_records])
     global_t, global_note = global_threshold(data["train"], args.bound)
     settings["threshold_global"] = {cat: (global_t, "threshold", 1.0) for cat in CATEGORIES}
@@ -170,7 +174,7 @@ def main() -> None:
             mask = np.array([r["category"] == cat for r in tr_records])
             try:
                 p = calibrate.calibrate(tr_sims[mask], tr_labels[mask], {name: tr_scores[name][mask]}, args.bound,
-                                        kinds=tr_kinds[mask])
+                                        kinds=tr_kinds[mask], repeated=tr_repeated[mask])
                 chosen[cat] = (p.threshold, name, p.min_score)
             except calibrate.Refusal:
                 chosen[cat] = (1.01, name, 1.0)  # refused: never serve
@@ -186,7 +190,8 @@ def main() -> None:
         choose = setting.get
         results["settings"][label] = {
             "points": {c: list(v) for c, v in setting.items()},
-            "heldback": report(accepted(data["heldback"], lambda c: choose(c, (1.01, "threshold", 1.0))), data["heldback"][0]),
+            "heldback": report(accepted(data["heldback"], lambda c: choose(c, (1.01, "threshold", 1.0)),
+                                        verified=label not in COSINE_ONLY), data["heldback"][0]),
         }
     results["verifier_latency"] = verifier_latency(data["heldback"][0], data["heldback"][1])
     a = results["settings"]["today"]["heldback"]["overall"]["positive_hit_rate"]

@@ -2,7 +2,8 @@
 
 * Lookup: vector search in memory, restricted to the request's exact partition and
   to entries not yet expired, in two stages: the index proposes the top-k entries at or
-  above the category's similarity threshold, a verifier (controller.verify) accepts at
+  above the category's similarity threshold (and repeats of the query at any similarity:
+  the same question re-typed), a verifier (controller.verify) accepts at
   most one, comparing the query with each candidate's stored question (kept in memory,
   so a miss costs no Redis round-trip); a hit costs one (answer + hit count, pipelined).
 * Store: one pipelined round-trip (HSET + EXPIRE, plus DEL of anything evicted).
@@ -232,14 +233,14 @@ class SemanticCache:
     ) -> Hit | None:
         """The cached answer for a query, or None (no Redis round-trip unless a candidate passes).
         `profiles`: only answers made with one of these compute profiles qualify. `verifier`:
-        of the `top_k` candidates at or above `threshold`, the one it accepts for `query`
+        of the `top_k` candidates at or above `threshold` (or repeats of `query`), the one it accepts for `query`
         (None or "threshold": the nearest, as a plain similarity cache)."""
         index = self.indexes.get(category)
         if index is None:
             return None
         plain = verifier is None or verifier.name == "threshold"
         found = [c for c in index.candidates(vector, partition, time.time(), profiles, 1 if plain else verifier.top_k)
-                 if c[1] >= threshold]
+                 if verify.proposed(query, c[0].query, c[1], threshold)]
         if not found:
             return None
         if not plain:

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             r["category"] = classifier.classify(r["stored"], v)[0]
     sims = calibrate.similarities(records, encoder)
     scores = calibrate.verifier_scores(records, sims)
+    repeated = calibrate.repeats(records)
     labels = np.array([r["label"] for r in records])
     cats = np.array([r["category"] for r in records])
     kinds = np.array([r["kind"] for r in records])  # the bound holds per kind of negative, too
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         mask = cats == name
         try:
             point = calibrate.calibrate(sims[mask], labels[mask], {k: v[mask] for k, v in scores.items()}, bound,
-                                        kinds=None if args.pooled else kinds[mask])
+                                        kinds=None if args.pooled else kinds[mask], repeated=repeated[mask])
         except calibrate.Refusal as exc:
             refused += 1
             print(f"{name}: REFUSED (max_false_hit_rate {bound}, {int(mask.sum())} labelled pairs): {exc}",

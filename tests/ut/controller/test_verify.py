@@ -127,3 +127,59 @@ def test_an_exact_repeat_is_always_accepted(name):
     v = verify.load(name)
     for text in (long_prompt, "Hi", "What is the capital of France?"):
         assert verify.choose(v, 1.0, "  " + text.upper() + " ", [(text, 0.99)]) == 0
+
+
+# (stored, the same question re-typed): case, punctuation, contraction, greeting, thanks, one typo
+REPEATS = [
+    ("What is the capital of Austria?", "what is the capital of austria"),
+    ("What is C programming?", "What's C programming?"),
+    ("Why is the sky blue?", "Hi! why is the sky blue"),
+    ("How do I reverse a list in Python?", "Please tell me: how do I reverse a list in Python? Thanks!"),
+    ("What are some amazing photographs of astronomy?", "What are some amazing photographs of asrtonomy?"),
+    ("Does the iPhone 12 support wireless charging?", "does the iPhone 12 support  wireless charging? Thank you."),
+]
+# (stored, a different question that a text normaliser could wrongly fold into it)
+NOT_REPEATS = [
+    ("Is it safe to take ibuprofen with alcohol?", "Isn't it safe to take ibuprofen with alcohol?"),  # n't
+    ("What is C++?", "What is C?"),  # a symbol inside a token
+    ("Is 3.5 bigger than 3?", "Is 35 bigger than 3?"),
+    ("Is the effect causal?", "Is the effect casual?"),  # both known words: not a typo
+    ("Where is Iran?", "Where is Iraq?"),  # too short to call a typo
+    ("How many calories are in 3 eggs?", "How many calories are in 4 eggs?"),
+    ("What is the capital of Austria?", "What is the capital of Australia?"),
+    ("Explain recursion.", "Explain recursion. Please answer briefly."),  # an instruction, not politeness
+    ("What is Python?", "What is Python used for?"),
+]
+
+
+@pytest.mark.parametrize("stored,query", REPEATS)
+def test_a_repeat_is_proposed_and_accepted_below_any_threshold(stored, query):
+    assert verify.is_repeat(query, stored) and verify.is_repeat(stored, query)
+    assert verify.proposed(query, stored, similarity=0.2, threshold=0.99)
+    for name in verify.VERIFIERS:
+        assert verify.score(verify.load(name), query, stored, 0.2) == 1.0
+
+
+@pytest.mark.parametrize("stored,query", NOT_REPEATS)
+def test_a_different_question_is_not_a_repeat(stored, query):
+    assert not verify.is_repeat(query, stored) and not verify.is_repeat(stored, query)
+    assert not verify.proposed(query, stored, similarity=0.98, threshold=0.99)
+
+
+def test_repeats_count_as_accepted_in_calibration():
+    """A repeat is served at every setting, so the calibrated point's recall and false hits include it."""
+    rng = np.random.default_rng(2)
+    labels = np.array([True] * 300 + [False] * 1000)
+    sims = np.concatenate([rng.uniform(0.6, 1.0, 300), rng.uniform(0.0, 0.9, 1000)])
+    repeated = np.zeros(labels.size, bool)
+    repeated[:100] = True  # a third of the positives are repeats, whatever their cosine
+    sims[:100] = 0.3
+    ones = {"threshold": np.ones(labels.size)}
+    without = calibrate.calibrate(sims, labels, ones, 0.01)
+    with_repeats = calibrate.calibrate(sims, labels, ones, 0.01, repeated=repeated)
+    assert with_repeats.threshold == without.threshold
+    assert with_repeats.recall == pytest.approx(without.recall + 100 / 300)
+    bad = repeated.copy()
+    bad[300:320] = True  # 20 negatives that a repeat rule would serve: no setting can meet the bound
+    with pytest.raises(calibrate.Refusal):
+        calibrate.calibrate(sims, labels, ones, 0.01, repeated=bad)
