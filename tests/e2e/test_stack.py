@@ -186,8 +186,8 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
     downstream of the level is real: the controller's decision, the request, vLLM's plugin."""
     config = policy_copy
     original = policies_path.read_text()
-    text = original.replace("load: {threshold_floor: 0.69, ttl_max_seconds: 14400}}",
-                            "load: {threshold_floor: 0.69, ttl_max_seconds: 7200, profile_ladder: [fast, fastest]}}")
+    text = original.replace("load: {threshold_floor: 0.89, ttl_max_seconds: 14400}}",
+                            "load: {threshold_floor: 0.89, ttl_max_seconds: 7200, profile_ladder: [fast, fastest]}}")
     assert text != original
     config.write_text(text.replace("scrape_interval_seconds: 2.0", "scrape_interval_seconds: 3600")
                       .replace(", max_quality_loss: {delta_ppl_pct: 20, min_answer_similarity: 0.6}", ""))  # unmeasured
@@ -206,7 +206,7 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
 
     ctl.app.state.ctl.load.level = 1  # brownout
     effective = httpx.get(ctl.url + "/admin/effective", headers=admin, timeout=30).json()["categories"]["chat"]
-    assert effective == {"level": 1, "threshold": pytest.approx(0.69), "ttl_seconds": 4800,  # floor = threshold
+    assert effective == {"level": 1, "threshold": pytest.approx(0.89), "ttl_seconds": 4800,  # floor = threshold
                          "compute_profile": "fast"}
     before = calls()
     reply = ask(ctl.url, "Hello there, how is your day going?", max_tokens=4, **{"vllm_xargs": {}})

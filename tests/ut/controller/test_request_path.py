@@ -131,8 +131,8 @@ async def test_the_profile_reported_and_stored_is_the_one_sent(sim_backend, star
 async def test_a_brownout_answer_is_not_served_at_normal_load(
         sim_backend, start_controller, config, redis_client):
     text = config.read_text()
-    config.write_text(text.replace("load: {threshold_floor: 0.69, ttl_max_seconds: 14400}}",
-                                   "load: {threshold_floor: 0.69, ttl_max_seconds: 14400, profile_ladder: [fast]}}")
+    config.write_text(text.replace("load: {threshold_floor: 0.89, ttl_max_seconds: 14400}}",
+                                   "load: {threshold_floor: 0.89, ttl_max_seconds: 14400, profile_ladder: [fast]}}")
                       .replace(", max_quality_loss: {delta_ppl_pct: 20, min_answer_similarity: 0.6}", "")  # fast: unmeasured
                       .replace("scrape_interval_seconds: 2.0", "scrape_interval_seconds: 3600"))
     ctl = start_controller([sim_backend], config_path=config)
