@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 
@@ -19,7 +20,8 @@ class Bench:
 
     def command(self) -> str:
         """The full run as a user types it (results into bench/results, `<name>.json`)."""
-        return " ".join((f"python -m {self.needs} &&" if self.needs else "", "python -m", self.module, *self.full)).strip()
+        return " ".join((f"python -m {self.needs} &&" if self.needs else "", "python -m", self.module,
+                         *map(shlex.quote, self.full))).strip()
 
 
 BENCHES = (
@@ -35,6 +37,9 @@ BENCHES = (
     Bench("engine_speed", "bench.engine_speed", ("--reps", "3")),  # the speed-ups the closed loops' backend uses
     Bench("closed_loop_paraphrase", "bench.closed_loop", ("--trace", "paraphrase"), needs="bench.engine_speed"),
     Bench("closed_loop_zipf", "bench.closed_loop", ("--trace", "zipf"), needs="bench.engine_speed"),
+    Bench("closed_loop_paraphrase_vllm", "bench.closed_loop",  # the same loop against the real SmolLM2 vLLM
+          ("--trace", "paraphrase", "--backend", "vllm", "--seconds", "45", "--rates", "1.3",
+           "--modes", "static,load_based", "--factual-floors", "")),
     Bench("fleet_load", "bench.fleet", ("load", "--rates", "25,50,100,150"), takes_out=False),
     Bench("fleet_soak", "bench.fleet", ("soak", "--rate", "25", "--seconds", "600"), takes_out=False),
     Bench("fleet_replicas", "bench.fleet", ("replicas", "--n", "200"), takes_out=False),
