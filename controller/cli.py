@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", default=None, help="model folder (default: the offline SmolLM2 folder)")
     up.add_argument("--vllm-port", type=int, default=8100)
     up.add_argument("--vllm-log", default=None, help="file for the vLLM server's log")
+    up.add_argument("--compiled", action="store_true",
+                    help="start vLLM compiled (its default; faster decoding, one compiled view per served "
+                    "profile: ~3.5 min to start on 2 cores) instead of eager (starts in seconds)")
     return parser
 
 

@@ -42,9 +42,10 @@ def run_stack(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     profiles = compute_profiles.profile_file(config, config_path)
-    print(f"[up] starting vLLM with the adaptive plugin on {model} (log: {log_path}; compute profiles: "
-          f"{profiles or 'none'})", flush=True)
-    vllm = start_vllm(model, args.vllm_port, log_path, profiles=str(profiles.resolve()) if profiles else None)
+    print(f"[up] starting vLLM ({'compiled' if args.compiled else 'eager'}) with the adaptive plugin on {model} "
+          f"(log: {log_path}; compute profiles: {profiles or 'none'})", flush=True)
+    vllm = start_vllm(model, args.vllm_port, log_path, profiles=str(profiles.resolve()) if profiles else None,
+                      eager=not args.compiled)
     try:
         if not wait_http(vllm_url + "/health", vllm, VLLM_START_TIMEOUT):
             print(f"[up] vLLM did not come up; last lines of {log_path}:", file=sys.stderr)
