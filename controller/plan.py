@@ -5,8 +5,10 @@ decision, whether to read and/or write the cache (or why not), the compute profi
 upstream and which cached profiles the answer may come from. No I/O: the proxy embeds,
 looks up, forwards and stores as the plan says.
 
-Two steps so a request is embedded at most once, and only when needed: `parse` validates and
-says whether a vector is needed (classification, cache read or write); `plan` finishes with it.
+Two steps so a request is embedded only when needed: `parse` validates and says whether a vector
+is needed (classification, cache read or write); `plan` finishes with it. A query wrapped in a
+greeting or thanks is embedded twice (concurrently): as sent, for the cache, and without the
+wrapping (`Parsed.topic`), for the classifier.
 
 Compute profiles and sharing (documented in README):
 * A profile the *client* chose (`vllm_xargs.adaptive_profile`) wins and is sent unchanged; it is
@@ -27,6 +29,7 @@ import numpy as np
 
 from controller.keys import CacheKey, cache_key
 from controller.snapshot import PolicySnapshot
+from controller.verify import repeat
 from policies.load import Decision
 from policies.schema import CategoryPolicy
 
@@ -56,6 +59,14 @@ class Parsed:
     key: CacheKey | None
     explicit_category: str | None
     directives: frozenset[str]
+
+    def topic(self) -> str | None:
+        """The question the classifier reads when it differs from the cached query: without a
+        greeting or thanks around it (controller.verify.repeat.question); None otherwise."""
+        if self.key is None or self.explicit_category is not None:
+            return None
+        question = repeat.question(self.key.query)
+        return question if question != self.key.query else None
 
     def needs_vector(self, snap: PolicySnapshot) -> bool:
         """True when classification or the cache will use the query's embedding."""
@@ -124,12 +135,17 @@ def parse(endpoint: str, body: Any, headers: dict[str, str], snap: PolicySnapsho
     return Parsed(endpoint, body, key, explicit, directives)
 
 
-def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | None) -> RequestPlan:
+def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | None,
+         topic_vector: np.ndarray | None = None) -> RequestPlan:
     """Finish the plan; `vector` is the query's embedding when `parsed.needs_vector(snap)` (None
     if it was not ready in time: the category is then the header's or the default, and the cache
-    is neither read nor written)."""
+    is neither read nor written); `topic_vector`, that of `parsed.topic()` when there is one (the
+    classifier reads it; without it, the query's)."""
+    topic = parsed.topic()
     if parsed.explicit_category is not None:
         category, category_source = parsed.explicit_category, "header"
+    elif topic is not None and topic_vector is not None:
+        category, _, category_source = snap.classifier.assign(topic, topic_vector)
     elif parsed.key is not None and vector is not None:
         category, _, category_source = snap.classifier.assign(parsed.key.query, vector)
     else:

@@ -39,8 +39,14 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
     parsed = planning.parse(endpoint, body, headers, snap)
     if isinstance(parsed, planning.PlanError):
         return oai.error(parsed.status, parsed.message, param=parsed.param)
-    vector = await ctl.embed(parsed.key.query) if parsed.key and parsed.needs_vector(snap) else None
-    plan = planning.plan(parsed, snap, level, vector)
+    vector = topic_vector = None
+    if parsed.key and parsed.needs_vector(snap):
+        topic = parsed.topic()  # a greeting or thanks around the question: classify the question alone
+        if topic is None:
+            vector = await ctl.embed(parsed.key.query)
+        else:
+            vector, topic_vector = await asyncio.gather(ctl.embed(parsed.key.query), ctl.embed(topic))
+    plan = planning.plan(parsed, snap, level, vector, topic_vector)
     info = plan.headers()
     category = plan.category
     ctl.metrics.assignments.labels(category, plan.category_source).inc()

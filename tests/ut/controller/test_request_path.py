@@ -185,3 +185,17 @@ async def test_bad_requests_are_openai_4xx(sim_backend, start_controller, redis_
         assert reply.status_code == 400 and reply.json()["error"]["param"] == param
     assert httpx.post(ctl.url + "/v1/completions", json={"model": "sim"}, timeout=30).status_code == 400
     assert httpx.get(ctl.url + "/admin/effective", timeout=30).status_code == 401
+
+
+async def test_a_greeting_or_thanks_changes_neither_the_category_nor_the_answer(sim_backend, start_controller,
+                                                                                  redis_client):
+    """The classifier reads the question without its wrapping (the example policy's classifier put
+    "what is the capital of france? Thanks!" in time_sensitive, which bypasses the cache)."""
+    ctl = start_controller([sim_backend])
+    first = chat(ctl.url, "What is the capital of France?", headers={})
+    assert first.headers["x-cache"] == "MISS"
+    for wrapped in ("what is the capital of france? Thanks!", "Hi! What is the capital of France?",
+                    "Please tell me: what is the capital of France? Thank you."):
+        reply = chat(ctl.url, wrapped, headers={})
+        assert reply.headers["x-cache-category"] == first.headers["x-cache-category"], wrapped
+        assert reply.headers["x-cache"] == "HIT" and reply.json()["choices"] == first.json()["choices"], wrapped
