@@ -7,6 +7,8 @@
   with its confidence floor); (b') the model alone (no keywords, no floor).
 * Per-category precision / recall and the confusion matrix on the held-back split.
 * Latency of one classification (the embedding is excluded: it is computed for the cache anyway).
+* Robustness: the share of held-back queries whose category changes when wrapped in a greeting
+  or thanks ("Hi! ...", "... Thanks!"), classifying the wrapped text and the unwrapped question.
 * A confidence-floor sweep: share below the floor, accuracy, and the share of *loosened*
   queries: assigned a category whose policy is looser than their true one (a lower similarity
   threshold, or cacheable when the true one is not; controller.classifier.strictness). The sweep's floor is read off the
@@ -32,12 +34,15 @@ from controller import embeddings
 from controller.classifier import Classifier, route, strictness
 from controller.embeddings import Encoder
 from controller.snapshot import load_policies
+from controller.verify.repeat import question
 from controller.train_classifier import FOLDS, SEED, fit, read_rows, report
 from policies.schema import PolicyConfig
 from vllm_adaptive import envs
 
 REPO = Path(__file__).resolve().parents[1]
 FLOORS = np.round(np.arange(0.0, 0.96, 0.05), 2)
+# How users wrap a question they ask again (a greeting before, thanks after).
+WRAPPINGS = ("Hi! {}", "Please tell me: {}", "{} Thanks!", "{} Thank you.")
 
 
 def cached_encode(encoder: Encoder, texts: list[str]) -> np.ndarray:
@@ -111,6 +116,22 @@ def sweep(probs: np.ndarray, y: np.ndarray, names: list[str], config: PolicyConf
     return rows
 
 
+def wrapped_changes(clf: Classifier, encoder: Encoder, texts: list[str], got: list[str]) -> dict:
+    """Share of held-back queries whose category changes when wrapped in a greeting or thanks:
+    classifying the wrapped text as sent, and the question without the wrapping (what the
+    controller does, controller.plan.Parsed.topic)."""
+    out = {}
+    for label, read in (("as_sent", lambda t: t), ("unwrapped", question)):
+        changed = total = 0
+        for wrapping in WRAPPINGS:
+            wrapped = [read(wrapping.format(t[:1].lower() + t[1:] if wrapping[0] != "{" else t)) for t in texts]
+            again, _, _ = run_classifier(clf, wrapped, cached_encode(encoder, wrapped))
+            changed += sum(a != b for a, b in zip(again, got))
+            total += len(texts)
+        out[label] = {"changed": changed, "queries": total, "share": changed / total}
+    return {"wrappings": list(WRAPPINGS), **out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, default=REPO / "configs" / "policies.yaml")
@@ -142,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         run_classifier(clf, texts[:50], vectors[:50])  # warm-up
         got, sources, seconds = run_classifier(clf, texts, vectors)
         results[label] = summary(true, got, names, config, seconds, sources)
+        if label == "learned":
+            results["wrapped"] = wrapped_changes(clf, encoder, texts, got)
     start = time.perf_counter()
     probs = learned.model.probabilities(vectors)
     model_only = [names[i] for i in probs.argmax(axis=1)]
@@ -163,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:15s} accuracy {r['accuracy']:.3f} loosened {r['loosened_share']:.3f} "
               + " ".join(f"{n}:P{m['precision'] or 0:.2f}/R{m['recall'] or 0:.2f}" for n, m in r["per_category"].items())
               + (f" latency median {r['latency_us']['median']:.1f} us" if "latency_us" in r else ""))
+    w = results["wrapped"]
+    print(f"wrapped queries whose category changes: as sent {w['as_sent']['share']:.3f}, "
+          f"unwrapped {w['unwrapped']['share']:.3f} of {w['as_sent']['queries']}")
     print(f"wrote {args.out / 'classifier.json'} and classifier.png")
     return 0
 
