@@ -8,7 +8,8 @@
 * Per-category precision / recall and the confusion matrix on the held-back split.
 * Latency of one classification (the embedding is excluded: it is computed for the cache anyway).
 * Robustness: the share of held-back queries whose category changes when wrapped in a greeting
-  or thanks ("Hi! ...", "... Thanks!"), classifying the wrapped text and the unwrapped question.
+  or thanks ("Hi! ...", "... Thanks!"), classifying the wrapped text, the unwrapped question, and
+  the more confident of the two (the controller's rule); and accuracy by that rule on the rows.
 * A confidence-floor sweep: share below the floor, accuracy, and the share of *loosened*
   queries: assigned a category whose policy is looser than their true one (a lower similarity
   threshold, or cacheable when the true one is not; controller.classifier.strictness). The sweep's floor is read off the
@@ -116,20 +117,28 @@ def sweep(probs: np.ndarray, y: np.ndarray, names: list[str], config: PolicyConf
     return rows
 
 
-def wrapped_changes(clf: Classifier, encoder: Encoder, texts: list[str], got: list[str]) -> dict:
+def wrapped_changes(clf: Classifier, encoder: Encoder, texts: list[str], got: list[str], true: list[str]) -> dict:
     """Share of held-back queries whose category changes when wrapped in a greeting or thanks:
-    classifying the wrapped text as sent, and the question without the wrapping (what the
-    controller does, controller.plan.Parsed.topic)."""
-    out = {}
-    for label, read in (("as_sent", lambda t: t), ("unwrapped", question)):
-        changed = total = 0
-        for wrapping in WRAPPINGS:
-            wrapped = [read(wrapping.format(t[:1].lower() + t[1:] if wrapping[0] != "{" else t)) for t in texts]
-            again, _, _ = run_classifier(clf, wrapped, cached_encode(encoder, wrapped))
-            changed += sum(a != b for a, b in zip(again, got))
-            total += len(texts)
-        out[label] = {"changed": changed, "queries": total, "share": changed / total}
-    return {"wrappings": list(WRAPPINGS), **out}
+    classifying the wrapped text as sent, the question without the wrapping, and the more
+    confident of the two (what the controller does: controller.plan, Parsed.topic)."""
+    changed: dict[str, int] = {"as_sent": 0, "unwrapped": 0, "more_confident": 0}
+    for wrapping in WRAPPINGS:
+        wrapped = [wrapping.format(t[:1].lower() + t[1:] if wrapping[0] != "{" else t) for t in texts]
+        unwrapped = [question(t) for t in wrapped]
+        vw, vu = cached_encode(encoder, wrapped), cached_encode(encoder, unwrapped)
+        readings = {"as_sent": [clf.assign(t, v) for t, v in zip(wrapped, vw)],
+                    "unwrapped": [clf.assign(t, v) for t, v in zip(unwrapped, vu)],
+                    "more_confident": [clf.most_confident([(t, v), (u, w)])
+                                       for t, v, u, w in zip(wrapped, vw, unwrapped, vu)]}
+        for label, assigned in readings.items():
+            changed[label] += sum(a.category != b for a, b in zip(assigned, got))
+    total = len(WRAPPINGS) * len(texts)
+    unwrapped = [question(t) for t in texts]
+    by_rule = [clf.most_confident([(t, v), (u, w)]).category for t, v, u, w in
+               zip(texts, cached_encode(encoder, texts), unwrapped, cached_encode(encoder, unwrapped))]
+    return {"wrappings": list(WRAPPINGS), "queries": total,
+            "accuracy_more_confident": float(np.mean([a == b for a, b in zip(by_rule, true)])),
+            **{label: {"changed": n, "share": n / total} for label, n in changed.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         got, sources, seconds = run_classifier(clf, texts, vectors)
         results[label] = summary(true, got, names, config, seconds, sources)
         if label == "learned":
-            results["wrapped"] = wrapped_changes(clf, encoder, texts, got)
+            results["wrapped"] = wrapped_changes(clf, encoder, texts, got, true)
     start = time.perf_counter()
     probs = learned.model.probabilities(vectors)
     model_only = [names[i] for i in probs.argmax(axis=1)]
@@ -187,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{n}:P{m['precision'] or 0:.2f}/R{m['recall'] or 0:.2f}" for n, m in r["per_category"].items())
               + (f" latency median {r['latency_us']['median']:.1f} us" if "latency_us" in r else ""))
     w = results["wrapped"]
-    print(f"wrapped queries whose category changes: as sent {w['as_sent']['share']:.3f}, "
-          f"unwrapped {w['unwrapped']['share']:.3f} of {w['as_sent']['queries']}")
+    print(f"wrapped queries whose category changes: as sent {w['as_sent']['share']:.3f}, unwrapped "
+          f"{w['unwrapped']['share']:.3f}, the more confident {w['more_confident']['share']:.3f} of {w['queries']}; "
+          f"held-back accuracy by the more confident reading {w['accuracy_more_confident']:.3f}")
     print(f"wrote {args.out / 'classifier.json'} and classifier.png")
     return 0
 

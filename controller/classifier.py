@@ -203,6 +203,18 @@ class Classifier:
                 return Assignment(self._names[best], float(sims[best]), "centroid")
         return Assignment(self.default, None, "default")
 
+    def most_confident(self, readings: list[tuple[str, np.ndarray]]) -> Assignment:
+        """The assignment of the reading (text, vector) the classifier is surest of (a keyword
+        rule is certain, the default a guess; ties go to the first). The controller reads a query as sent and without
+        a greeting or thanks around it: unwrapped, "...? Thanks!" is no longer time_sensitive, while
+        "Hi, how are you doing today?" keeps the chat its greeting says."""
+        def sureness(a: Assignment) -> float:
+            if a.confidence is not None:
+                return a.confidence
+            return 2.0 if a.source == "keyword" else -1.0  # the default is a guess
+
+        return max((self.assign(text, vector) for text, vector in readings), key=sureness)
+
     def classify(self, text: str, vector: np.ndarray) -> tuple[str, float | None]:
         """(category, confidence): `assign` without the source."""
         a = self.assign(text, vector)

@@ -7,8 +7,8 @@ looks up, forwards and stores as the plan says.
 
 Two steps so a request is embedded only when needed: `parse` validates and says whether a vector
 is needed (classification, cache read or write); `plan` finishes with it. A query wrapped in a
-greeting or thanks is embedded twice (concurrently): as sent, for the cache, and without the
-wrapping (`Parsed.topic`), for the classifier.
+greeting or thanks is embedded twice (concurrently): as sent, for the cache and the classifier,
+and without the wrapping (`Parsed.topic`), for the classifier, which takes the more confident reading.
 
 Compute profiles and sharing (documented in README):
 * A profile the *client* chose (`vllm_xargs.adaptive_profile`) wins and is sent unchanged; it is
@@ -61,8 +61,8 @@ class Parsed:
     directives: frozenset[str]
 
     def topic(self) -> str | None:
-        """The question the classifier reads when it differs from the cached query: without a
-        greeting or thanks around it (controller.verify.repeat.question); None otherwise."""
+        """The query without a greeting or thanks around it (controller.verify.repeat.question),
+        which the classifier reads too, when that differs from the query; None otherwise."""
         if self.key is None or self.explicit_category is not None:
             return None
         question = repeat.question(self.key.query)
@@ -140,12 +140,13 @@ def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | 
     """Finish the plan; `vector` is the query's embedding when `parsed.needs_vector(snap)` (None
     if it was not ready in time: the category is then the header's or the default, and the cache
     is neither read nor written); `topic_vector`, that of `parsed.topic()` when there is one (the
-    classifier reads it; without it, the query's)."""
+    classifier then takes the more confident of the two readings)."""
     topic = parsed.topic()
     if parsed.explicit_category is not None:
         category, category_source = parsed.explicit_category, "header"
-    elif topic is not None and topic_vector is not None:
-        category, _, category_source = snap.classifier.assign(topic, topic_vector)
+    elif parsed.key is not None and vector is not None and topic is not None and topic_vector is not None:
+        category, _, category_source = snap.classifier.most_confident(
+            [(parsed.key.query, vector), (topic, topic_vector)])
     elif parsed.key is not None and vector is not None:
         category, _, category_source = snap.classifier.assign(parsed.key.query, vector)
     else:

@@ -41,7 +41,7 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
         return oai.error(parsed.status, parsed.message, param=parsed.param)
     vector = topic_vector = None
     if parsed.key and parsed.needs_vector(snap):
-        topic = parsed.topic()  # a greeting or thanks around the question: classify the question alone
+        topic = parsed.topic()  # a greeting or thanks around the question: classify it both ways
         if topic is None:
             vector = await ctl.embed(parsed.key.query)
         else:

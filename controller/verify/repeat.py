@@ -48,8 +48,8 @@ def _unframed(text: str) -> str:
 
 def question(text: str) -> str:
     """The question without the greeting before it and the thanks after it, as typed otherwise:
-    what the category classifier reads ("Hi!" or "Thanks!" moved 6 % of QQP questions to
-    another category, and a repeat in another category cannot hit)."""
+    a second reading for the category classifier ("Hi!" or "Thanks!" moved 6 % of held-back
+    queries to another category, and a repeat in another category cannot hit)."""
     return _unframed(" ".join(text.split()))
 
 
