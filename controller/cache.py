@@ -233,8 +233,8 @@ class SemanticCache:
     ) -> Hit | None:
         """The cached answer for a query, or None (no Redis round-trip unless a candidate passes).
         `profiles`: only answers made with one of these compute profiles qualify. `verifier`:
-        of the `top_k` candidates at or above `threshold` (or repeats of `query`), the one it accepts for `query`
-        (None or "threshold": the nearest, as a plain similarity cache)."""
+        of the `top_k` candidates at or above `threshold` (or repeats of `query`), the one it
+        accepts for `query` (None or "threshold": the nearest, as a plain similarity cache)."""
         index = self.indexes.get(category)
         if index is None:
             return None

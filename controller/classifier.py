@@ -205,9 +205,9 @@ class Classifier:
 
     def most_confident(self, readings: list[tuple[str, np.ndarray]]) -> Assignment:
         """The assignment of the reading (text, vector) the classifier is surest of (a keyword
-        rule is certain, the default a guess; ties go to the first). The controller reads a query as sent and without
-        a greeting or thanks around it: unwrapped, "...? Thanks!" is no longer time_sensitive, while
-        "Hi, how are you doing today?" keeps the chat its greeting says."""
+        rule is certain, the default a guess; ties go to the first). The controller reads a query
+        as sent and without a greeting or thanks around it: unwrapped, "...? Thanks!" is no longer
+        time_sensitive, while "Hi, how are you doing today?" keeps the chat its greeting says."""
         def sureness(a: Assignment) -> float:
             if a.confidence is not None:
                 return a.confidence
