@@ -59,14 +59,7 @@ class Parsed:
     key: CacheKey | None
     explicit_category: str | None
     directives: frozenset[str]
-
-    def topic(self) -> str | None:
-        """The query without a greeting or thanks around it (controller.verify.repeat.question),
-        which the classifier reads too, when that differs from the query; None otherwise."""
-        if self.key is None or self.explicit_category is not None:
-            return None
-        question = repeat.question(self.key.query)
-        return question if question != self.key.query else None
+    topic: str | None = None  # the query without a greeting or thanks, for the classifier (see `parse`)
 
     def needs_vector(self, snap: PolicySnapshot) -> bool:
         """True when classification or the cache will use the query's embedding."""
@@ -132,23 +125,26 @@ def parse(endpoint: str, body: Any, headers: dict[str, str], snap: PolicySnapsho
     config = snap.config
     key = cache_key(endpoint, body, headers, config.tenant_header, config.history_window)
     directives = frozenset(d.strip().lower() for d in headers.get("cache-control", "").split(",") if d.strip())
-    return Parsed(endpoint, body, key, explicit, directives)
+    topic = None  # a query wrapped in a greeting or thanks is classified both ways
+    if key is not None and explicit is None:
+        unwrapped = repeat.question(key.query)
+        topic = unwrapped if unwrapped != key.query else None
+    return Parsed(endpoint, body, key, explicit, directives, topic)
 
 
 def plan(parsed: Parsed, snap: PolicySnapshot, level: int, vector: np.ndarray | None,
          topic_vector: np.ndarray | None = None) -> RequestPlan:
     """Finish the plan; `vector` is the query's embedding when `parsed.needs_vector(snap)` (None
     if it was not ready in time: the category is then the header's or the default, and the cache
-    is neither read nor written); `topic_vector`, that of `parsed.topic()` when there is one (the
+    is neither read nor written); `topic_vector`, that of `parsed.topic` when there is one (the
     classifier then takes the more confident of the two readings)."""
-    topic = parsed.topic()
     if parsed.explicit_category is not None:
         category, category_source = parsed.explicit_category, "header"
-    elif parsed.key is not None and vector is not None and topic is not None and topic_vector is not None:
-        category, _, category_source = snap.classifier.most_confident(
-            [(parsed.key.query, vector), (topic, topic_vector)])
     elif parsed.key is not None and vector is not None:
-        category, _, category_source = snap.classifier.assign(parsed.key.query, vector)
+        readings = [(parsed.key.query, vector)]
+        if parsed.topic is not None and topic_vector is not None:
+            readings.append((parsed.topic, topic_vector))
+        category, _, category_source = snap.classifier.most_confident(readings)
     else:
         category, category_source = snap.config.default_category, "default"
     policy = snap.policy(category)

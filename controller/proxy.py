@@ -41,11 +41,10 @@ async def handle(ctl: Controller, request: Request, endpoint: str) -> Response:
         return oai.error(parsed.status, parsed.message, param=parsed.param)
     vector = topic_vector = None
     if parsed.key and parsed.needs_vector(snap):
-        topic = parsed.topic()  # a greeting or thanks around the question: classify it both ways
-        if topic is None:
+        if parsed.topic is None:
             vector = await ctl.embed(parsed.key.query)
-        else:
-            vector, topic_vector = await asyncio.gather(ctl.embed(parsed.key.query), ctl.embed(topic))
+        else:  # a greeting or thanks around the question: classified both ways
+            vector, topic_vector = await asyncio.gather(ctl.embed(parsed.key.query), ctl.embed(parsed.topic))
     plan = planning.plan(parsed, snap, level, vector, topic_vector)
     info = plan.headers()
     category = plan.category
