@@ -117,7 +117,8 @@ def sweep(probs: np.ndarray, y: np.ndarray, names: list[str], config: PolicyConf
     return rows
 
 
-def wrapped_changes(clf: Classifier, encoder: Encoder, texts: list[str], got: list[str], true: list[str]) -> dict:
+def wrapped_changes(clf: Classifier, encoder: Encoder, texts: list[str], vectors: np.ndarray, got: list[str],
+                    true: list[str]) -> dict:
     """Share of held-back queries whose category changes when wrapped in a greeting or thanks:
     classifying the wrapped text as sent, the question without the wrapping, and the more
     confident of the two (what the controller does: controller.plan, Parsed.topic)."""
@@ -135,7 +136,7 @@ def wrapped_changes(clf: Classifier, encoder: Encoder, texts: list[str], got: li
     total = len(WRAPPINGS) * len(texts)
     unwrapped = [question(t) for t in texts]
     by_rule = [clf.most_confident([(t, v), (u, w)]).category for t, v, u, w in
-               zip(texts, cached_encode(encoder, texts), unwrapped, cached_encode(encoder, unwrapped))]
+               zip(texts, vectors, unwrapped, cached_encode(encoder, unwrapped))]
     return {"wrappings": list(WRAPPINGS), "queries": total,
             "accuracy_more_confident": float(np.mean([a == b for a, b in zip(by_rule, true)])),
             **{label: {"changed": n, "share": n / total} for label, n in changed.items()}}
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         got, sources, seconds = run_classifier(clf, texts, vectors)
         results[label] = summary(true, got, names, config, seconds, sources)
         if label == "learned":
-            results["wrapped"] = wrapped_changes(clf, encoder, texts, got, true)
+            results["wrapped"] = wrapped_changes(clf, encoder, texts, vectors, got, true)
     start = time.perf_counter()
     probs = learned.model.probabilities(vectors)
     model_only = [names[i] for i in probs.argmax(axis=1)]
