@@ -6,16 +6,20 @@ Benchmarks run one at a time, each in its own process (they time the same cores:
 once), with a progress line and the elapsed time; a failing one is reported and the rest go on.
 Then bench/REPORT.md is regenerated from bench/results/ (bench.report). `--quick` runs the
 harness end to end on tiny settings into a temporary folder and writes the report there: a
-smoke test of the harness (a few minutes), whose numbers mean nothing.
+smoke test of the harness (a few minutes), whose numbers mean nothing. How long each benchmark
+took, when and at which commit is kept in runs.json beside the results (the report shows it, so a
+reader can tell whether the figures come from one run of the whole suite or from several).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import report
@@ -35,6 +39,28 @@ def plan(quick: bool, only: set[str] | None, out: Path) -> list[tuple[Bench, lis
     return chosen
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _commit() -> str:
+    """The checkout's commit (with `+changes` when the tree differs from it): what the figures measured."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if head.returncode == 0 else ""
+
+
+def record(path: Path, name: str, entry: dict[str, object]) -> None:
+    """Merge one benchmark's run into runs.json (`--only` replaces its own rows, keeps the others)."""
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[name] = entry
+    path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,14 +76,19 @@ def main() -> int:
     steps = plan(args.quick, only, out)
     logs = out if args.quick else Path(tempfile.mkdtemp(prefix="bench-logs-"))
     failed = []
+    started, commit = _now(), _commit()
     for i, (bench, command) in enumerate(steps, 1):
         print(f"[{i}/{len(steps)}] {bench.name}: {' '.join(command[1:])}", flush=True)
         t0 = time.monotonic()
         log = logs / f"{bench.name}.log"
         with open(log, "w") as sink:
             code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT).returncode
+        seconds = time.monotonic() - t0
         print(f"[{i}/{len(steps)}] {bench.name}: {'ok' if code == 0 else f'FAILED (exit {code}, see {log})'} "
-              f"in {time.monotonic() - t0:.0f} s", flush=True)
+              f"in {seconds:.0f} s", flush=True)
+        record(out / "runs.json", bench.name, {"seconds": round(seconds), "exit": code, "finished": _now(),
+                                                 "suite_started": started, "commit": commit,
+                                                 "quick": args.quick})
         if code != 0:
             failed.append(bench.name)
     target = out / "REPORT.md" if args.quick else Path("bench/REPORT.md")

@@ -172,6 +172,27 @@ def versions() -> list[str]:
     return out
 
 
+def runs(results: Path) -> list[str]:
+    """How long each benchmark took when it last ran (runs.json, written by `python -m bench all`), and
+    whether the figures all come from one run of the whole suite."""
+    path = results / "runs.json"
+    if not path.exists():
+        return ["No `runs.json` beside the results: `python -m bench all` records it.", ""]
+    recorded = json.loads(path.read_text())
+    done = {b.name: recorded[b.name] for b in BENCHES if b.name in recorded}
+    starts = {r["suite_started"] for r in done.values()}
+    whole = len(starts) == 1 and len(done) == len(BENCHES) and all(r["exit"] == 0 for r in done.values())
+    total = sum(r["seconds"] for r in done.values())
+    out = [f"The whole suite ran in one go (`python -m bench all`, started {starts.pop()}): {total / 60:.0f} min."
+           if whole else "These figures come from more than one run (or some benchmark failed or has not run): "
+           "see when each ran.", "", "| benchmark | took | exit | finished (UTC) | run started | commit |",
+           "|---|---|---|---|---|---|"]
+    for name, r in done.items():
+        out.append(f"| {name} | {r['seconds'] / 60:.1f} min | {r['exit']} | {r['finished']} | {r['suite_started']} | "
+                   f"{r['commit'] or '—'} |")
+    return [*out, ""]
+
+
 def build(results: Path, link: str = "results/") -> str:
     """The report's text; `link` is the results folder as seen from where the report is written."""
     machine = describe()
@@ -190,6 +211,7 @@ def build(results: Path, link: str = "results/") -> str:
         png = path.with_suffix(".png")
         if png.exists():
             lines += [f"![{title}]({link}{png.name})", ""]
+    lines += ["## How long each benchmark took", "", *runs(results)]
     lines += ["## Every result file", "", "| file | command | plot |", "|---|---|---|"]
     for name, command in COMMANDS.items():
         path = results / name

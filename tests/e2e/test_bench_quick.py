@@ -26,5 +26,8 @@ def test_quick_bench_runs_every_quick_benchmark_and_writes_the_report():
     assert quick and all(f"{name}: ok" in proc.stdout for name in quick), proc.stdout
     for name in quick:
         assert json.loads((report.parent / f"{name}.json").read_text())
+    runs = json.loads((report.parent / "runs.json").read_text())
+    assert sorted(runs) == sorted(quick) and all(r["exit"] == 0 and r["quick"] for r in runs.values()), runs
     text = report.read_text()
     assert "RedisVL" in text and "GPTCache" in text
+    assert all(f"| {name} | " in text.split("## How long each benchmark took")[1] for name in quick)
