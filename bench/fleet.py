@@ -122,7 +122,7 @@ async def drive(url: str, rate: float, seconds: float, hit_ratio: float, seed: i
 def load(args: argparse.Namespace) -> None:
     rates = [float(r) for r in args.rates.split(",")]
     out = {"machine": machine.describe(), "service_ms": args.service_ms, "hit_ratio": args.hit_ratio,
-           "seconds_per_rate": args.seconds, "command": " ".join(sys.argv), "rates": []}
+           "seconds_per_rate": args.seconds, "command": machine.command("bench.fleet"), "rates": []}
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(args.service_ms, Path(tmp))
         try:
@@ -188,7 +188,7 @@ def soak(args: argparse.Namespace) -> None:
             out = asyncio.run(soak_run(stack.url, stack.controller.pid, args.rate, args.seconds, args.hit_ratio))
         finally:
             stack.stop()
-    out |= {"machine": machine.describe(), "command": " ".join(sys.argv), "service_ms": args.service_ms}
+    out |= {"machine": machine.describe(), "command": machine.command("bench.fleet"), "service_ms": args.service_ms}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fleet_soak.json").write_text(json.dumps(out, indent=1))
     fig, (a, b) = plotting.subplots(1, 2, figsize=(10, 4))
@@ -241,7 +241,7 @@ def replicas(args: argparse.Namespace) -> None:
                     gone.append(wait(q, tenant, "MISS"))
         finally:
             stack.stop()
-    out = {"machine": machine.describe(), "command": " ".join(sys.argv), "n": args.n,
+    out = {"machine": machine.describe(), "command": machine.command("bench.fleet"), "n": args.n,
            "store_visible_on_other_replica": _summary(seen), "invalidation_visible_on_other_replica": _summary(gone),
            "note": "delay from the storing response (or the invalidate reply) to the first poll that sees it; "
                    "each poll is one lookup round-trip (about a millisecond), so that is the resolution"}
@@ -278,7 +278,7 @@ def breaker(args: argparse.Namespace) -> None:
                 run("recovered", args.n)
         finally:
             stack.stop()
-    out = {"machine": machine.describe(), "command": " ".join(sys.argv), "service_ms": args.service_ms,
+    out = {"machine": machine.describe(), "command": machine.command("bench.fleet"), "service_ms": args.service_ms,
            "phases": {k: _summary(v) for k, v in phases.items()}}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fleet_breaker.json").write_text(json.dumps(out, indent=1))

@@ -233,7 +233,7 @@ def report(results: dict, kv_bytes: int, out: Path, kv_mib: int) -> None:
         res["decode_ratio"] = res["decode_tok_s"] / base["decode_tok_s"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "kv_budget.json").write_text(json.dumps({
-        "machine": machine.describe(), "command": " ".join(["python -m bench.kv_budget", *sys.argv[1:]]),
+        "machine": machine.describe(), "command": machine.command("bench.kv_budget"),
         "model": "SmolLM2-135M-Instruct", "kv_bytes": kv_bytes, "context": CONTEXT, "prompt": PROMPT,
         "generate": GENERATE, "max_num_batched_tokens": 512,
         "decode": {"batch": DECODE_BATCH, "prompt": DECODE_PROMPT, "steps": DECODE_STEPS},

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 SIMD_PREFIXES = ("avx", "amx", "fma", "sse4", "f16c")
@@ -30,3 +32,8 @@ def describe() -> dict[str, object]:
     except OSError:
         pass
     return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version()}
+
+
+def command(module: str) -> str:
+    """The command line behind a result as a user types it (not the interpreter's path to the script)."""
+    return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
