@@ -145,6 +145,99 @@ def closed_loop(d: dict) -> list[str]:
     return out
 
 
+def _versus(figure: str, ours: float, anchor: str, theirs: float, unit: str, lower_is_better: bool,
+            digits: int | None = None) -> str:
+    """One headline row: both figures, this project ÷ the anchor, and who is better (a tie within 5 %)."""
+    if digits is None:
+        digits = 2 if min(ours, theirs) < 10 else 1 if min(ours, theirs) < 100 else 0
+    better = ("tie" if theirs and abs(ours / theirs - 1) < 0.05 else
+              "this project" if (ours < theirs) == lower_is_better else anchor)
+    return (f"| {figure} | {ours:.{digits}f}{unit} | {anchor}: {theirs:.{digits}f}{unit} | {_ratio(ours, theirs)} | "
+            f"{'lower' if lower_is_better else 'higher'} is better: **{better}** |")
+
+
+def _cache_rows(d: dict) -> list[str]:
+    ours, size = d["systems"]["this project"], d["sizes"][-1]
+    mine = ours["sizes"][-1]
+    out = []
+    for name, system in d["systems"].items():
+        if name == "this project":
+            continue
+        row = system["sizes"][-1]
+        out += [_versus(f"cache hit lookup p50, {size:,} entries, embedding excluded", mine["hit"]["p50_ms"], name,
+                        row["hit"]["p50_ms"], " ms", True),
+                _versus(f"cache miss lookup p50, {size:,} entries", mine["miss"]["p50_ms"], name,
+                        row["miss"]["p50_ms"], " ms", True),
+                _versus(f"memory for {size:,} entries (Redis + process + disk)", _memory(mine), name, _memory(row),
+                        " MB", True),
+                _versus(f"time to fill {size:,} entries", mine["fill_seconds"], name, row["fill_seconds"], " s", True),
+                _versus(f"break-even hit rate behind a {d['backend_seconds'] * 1000:.0f} ms backend",
+                        100 * ours["break_even_hit_rate"]["rate"], name, 100 * system["break_even_hit_rate"]["rate"],
+                        " %", True),
+                _leak(ours["tenants"]["served_to_other_tenant_default"], name,
+                      system["tenants"]["served_to_other_tenant_default"])]
+    for bound, q in (d["quality"] or {}).items():
+        t, v = q["threshold_only"], q["verified"]
+        out.append(_versus(f"held-back paraphrase + near-repeat hits at ≤ {float(bound):.0%} false hits (served "
+                           f"false: this project {v['false_hit_rate']:.2%}, one threshold {t['false_hit_rate']:.2%})",
+                           100 * v["hit_rate"], "one global threshold (RedisVL, GPTCache)", 100 * t["hit_rate"],
+                           " %", False))
+    return out
+
+
+def _leak(ours: bool, anchor: str, theirs: bool) -> str:
+    better = "tie" if ours == theirs else "this project" if theirs else anchor
+    return (f"| tenant B served tenant A's answer, default setup | {'yes' if ours else 'no'} | {anchor}: "
+            f"{'yes' if theirs else 'no'} | — | no is better: **{better}** |")
+
+
+def _memory(row: dict) -> float:
+    return sum(row.get(k, 0.0) for k in ("redis_mb", "process_rss_mb", "disk_mb"))
+
+
+def _engine_rows(d: dict) -> list[str]:
+    rows = [r for r in d["modes"] if "error" not in r]
+    stock = next(r for r in rows if r["mode"] == "stock compiled")
+    out = []
+    for r in (r for r in rows if r["mode"] == "plugin compiled per-request"):
+        cost = f"ΔPPL {r['quality']['delta_ppl_pct']:+.0f} %"
+        out += [_versus(f"decode tok/s, batch {b}, one plugin engine serving every profile, profile {r['profile']} "
+                        f"({cost})", r[f"decode_tps_b{b}"], "stock vLLM compiled", stock[f"decode_tps_b{b}"], "",
+                        False) for b in (d["batches"][0], d["batches"][-1])]
+        if r["profile"] == "full":
+            out += [_versus("time to first token, profile full", 1000 * r["ttft_s"], "stock vLLM compiled",
+                            1000 * stock["ttft_s"], " ms", True),
+                    _versus("engine start-up (compiling every profile's view)", r["startup_s"], "stock vLLM compiled",
+                            stock["startup_s"], " s", True)]
+    return out
+
+
+def _kv_rows(d: dict) -> list[str]:
+    full = d["results"]["full"]
+    doubled = {n: r for n, r in d["results"].items() if r["capacity_ratio"] >= 2}
+    if not doubled:
+        return []
+    name, best = min(doubled.items(), key=lambda item: item[1]["ppl_increase_pct"])
+    label = f"{name} (the ≥ 2x allocation with the least perplexity cost, {best['ppl_increase_pct']:+.1f} %)"
+    return [_versus(f"concurrent {d['context']:,}-token sequences in {d['kv_bytes'] >> 20} MiB of KV, {label}",
+                    best["peak_decoding"], "full KV, same engine", full["peak_decoding"], "", False, digits=0),
+            _versus(f"needles found, {name}", 100 * best["niah_accuracy"], "full KV, same engine",
+                    100 * full["niah_accuracy"], " %", False, digits=0),
+            _versus(f"decode tok/s, {name}", best["decode_tok_s"], "full KV, same engine", full["decode_tok_s"], "",
+                    False)]
+
+
+def headline(results: Path) -> list[str]:
+    """This project against what users would run instead, each figure as a ratio, anchors' wins included."""
+    parts = [("cache_compare.json", _cache_rows), ("engine_speed.json", _engine_rows), ("kv_budget.json", _kv_rows)]
+    out = ["| figure | this project | anchor | this project ÷ anchor | better |", "|---|---|---|---|---|"]
+    for name, rows in parts:
+        path = results / name
+        if path.exists():
+            out += rows(json.loads(path.read_text()))
+    return [*out, "", "Each row comes from the file of its section below (same run for both sides of a ratio).", ""]
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Engine: stock vLLM (default flags, compiled) vs the plugin", "engine_speed.json", engine),
     ("Engine: layer-wise KV budgets vs full KV, same KV memory", "kv_budget.json", kv_budgets),
@@ -200,7 +293,8 @@ def build(results: Path, link: str = "results/") -> str:
              f"Generated by `python -m bench.report` from the files in `{results.as_posix()}/`; every figure names the "
              "file it comes from and the command that wrote it. Ratios compare systems measured in the same run.", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores, flags `{machine['cpu_flags']}`, "
-             f"Python {machine['python']}. Versions: {', '.join(versions())}.", ""]
+             f"Python {machine['python']}. Versions: {', '.join(versions())}.", "",
+             "## Headline: this project vs what users would run instead", "", *headline(results)]
     for title, name, render in SECTIONS:
         lines += [f"## {title}", ""]
         path = results / name

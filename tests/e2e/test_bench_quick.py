@@ -30,4 +30,6 @@ def test_quick_bench_runs_every_quick_benchmark_and_writes_the_report():
     assert sorted(runs) == sorted(quick) and all(r["exit"] == 0 and r["quick"] for r in runs.values()), runs
     text = report.read_text()
     assert "RedisVL" in text and "GPTCache" in text
+    headline = text.split("## Headline")[1].split("\n## ")[0]
+    assert "| redisvl: " in headline and "| gptcache: " in headline, headline
     assert all(f"| {name} | " in text.split("## How long each benchmark took")[1] for name in quick)
