@@ -178,10 +178,11 @@ def _cache_rows(d: dict) -> list[str]:
                       system["tenants"]["served_to_other_tenant_default"])]
     for bound, q in (d["quality"] or {}).items():
         t, v = q["threshold_only"], q["verified"]
+        strictest = "; none meets the bound: the strictest" if t["note"].startswith("refused") else ""
         out.append(_versus(f"held-back paraphrase + near-repeat hits at ≤ {float(bound):.0%} false hits (served "
                            f"false: this project {v['false_hit_rate']:.2%}, one threshold {t['false_hit_rate']:.2%})",
-                           100 * v["hit_rate"], "one global threshold (RedisVL, GPTCache)", 100 * t["hit_rate"],
-                           " %", False))
+                           100 * v["hit_rate"], f"one global threshold (RedisVL, GPTCache{strictest})",
+                           100 * t["hit_rate"], " %", False))
     return out
 
 
