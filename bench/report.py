@@ -285,9 +285,10 @@ def runs(results: Path) -> list[str]:
            if whole else "These figures come from more than one run (or some benchmark failed or has not run): "
            "see when each ran.", "", "| benchmark | took | exit | finished (UTC) | run started | commit |",
            "|---|---|---|---|---|---|"]
-    for name, r in done.items():
-        out.append(f"| {name} | {r['seconds'] / 60:.1f} min | {r['exit']} | {r['finished']} | {r['suite_started']} | "
-                   f"{r['commit'] or '—'} |")
+    for b in BENCHES:
+        r = done.get(b.name)
+        out.append(f"| {b.name} | {r['seconds'] / 60:.1f} min | {r['exit']} | {r['finished']} | {r['suite_started']} | "
+                   f"{r['commit'] or '—'} |" if r else f"| {b.name} | not recorded (its result, if any, is older) | | | | |")
     return [*out, ""]
 
 
