@@ -58,7 +58,7 @@ def _commit() -> str:
 
 def record(path: Path, name: str, entry: dict[str, object]) -> None:
     """Merge one benchmark's run into runs.json (`--only` replaces its own rows, keeps the others)."""
-    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs = report.read_runs(path)
     runs[name] = entry
     path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
@@ -66,7 +66,7 @@ def record(path: Path, name: str, entry: dict[str, object]) -> None:
 def unfinished(path: Path) -> tuple[str, set[str]]:
     """The last full suite run in runs.json (its start) and the benchmarks it finished: what --resume
     skips. ValueError when there is no full run to resume."""
-    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs = report.read_runs(path)
     full = [r for r in runs.values() if not r["quick"] and not r.get("partial", False)]  # rows of c15c5e7 lack it
     if not full:
         raise ValueError(f"no full run of the suite in {path} to resume: run `python -m bench all`")

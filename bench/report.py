@@ -23,14 +23,28 @@ from bench.suite import BENCHES
 COMMANDS = {f"{b.name}.json": b.command() for b in BENCHES if b.name != "hard_negatives"}
 
 
+#: where a cache keeps its entries, as cache_compare records them (MB)
+MEMORY_KEYS = ("redis_mb", "process_rss_mb", "disk_mb")
+
+
+def read_runs(path: Path) -> dict[str, dict]:
+    """runs.json (written by `python -m bench all`): benchmark name -> its last run; {} when absent."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _ratio(x: float, base: float) -> str:
     return f"{x / base:.2f}x" if base else "n/a"
 
 
+def _measured(d: dict) -> tuple[list[dict], dict]:
+    """engine_speed's modes that ran, and stock vLLM compiled among them (every ratio's base)."""
+    rows = [r for r in d["modes"] if "error" not in r]
+    return rows, next(r for r in rows if r["mode"] == "stock compiled")
+
+
 def engine(d: dict) -> list[str]:
     """Decode tok/s of every mode against stock vLLM with its default flags (compiled)."""
-    rows = [r for r in d["modes"] if "error" not in r]
-    stock = next(r for r in rows if r["mode"] == "stock compiled")
+    rows, stock = _measured(d)
     out = [f"dtype {d['dtype']}, {d['cores']} cores, median of {d['reps']} repetitions, one fresh engine per mode.", "",
            "| mode | profile | held-back ΔPPL | batch 1 | batch 8 | batch 32 | TTFT | start-up |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -59,8 +73,7 @@ def caches(d: dict) -> list[str]:
            "|---|---|---|---|---|---|---|"]
     for name, system in systems.items():
         for row, mine in zip(system["sizes"], ours["sizes"]):
-            memory = " + ".join(f"{row[k]:.0f} MB {k.split('_')[0]}" for k in ("redis_mb", "process_rss_mb", "disk_mb")
-                                if k in row)
+            memory = " + ".join(f"{row[k]:.0f} MB {k.split('_')[0]}" for k in MEMORY_KEYS if k in row)
             out.append(f"| {name} | {row['entries']:,} | {row['miss']['p50_ms']:.2f} / {row['miss']['p99_ms']:.2f} ms | "
                        f"{row['hit']['p50_ms']:.2f} / {row['hit']['p99_ms']:.2f} ms | "
                        f"{_ratio(row['hit']['p50_ms'], mine['hit']['p50_ms'])} | {memory} | {row['fill_seconds']:.0f} s |")
@@ -193,12 +206,11 @@ def _leak(ours: bool, anchor: str, theirs: bool) -> str:
 
 
 def _memory(row: dict) -> float:
-    return sum(row.get(k, 0.0) for k in ("redis_mb", "process_rss_mb", "disk_mb"))
+    return sum(row.get(k, 0.0) for k in MEMORY_KEYS)
 
 
 def _engine_rows(d: dict) -> list[str]:
-    rows = [r for r in d["modes"] if "error" not in r]
-    stock = next(r for r in rows if r["mode"] == "stock compiled")
+    rows, stock = _measured(d)
     out = []
     for r in (r for r in rows if r["mode"] == "plugin compiled per-request"):
         cost = f"ΔPPL {r['quality']['delta_ppl_pct']:+.0f} %"
@@ -269,10 +281,9 @@ def versions() -> list[str]:
 def runs(results: Path) -> list[str]:
     """How long each benchmark took when it last ran (runs.json, written by `python -m bench all`), and
     whether the figures all come from one run of the whole suite."""
-    path = results / "runs.json"
-    if not path.exists():
+    recorded = read_runs(results / "runs.json")
+    if not recorded:
         return ["No `runs.json` beside the results: `python -m bench all` records it.", ""]
-    recorded = json.loads(path.read_text())
     done = {b.name: recorded[b.name] for b in BENCHES if b.name in recorded}
     starts = {r["suite_started"] for r in done.values()}
     whole = len(starts) == 1 and len(done) == len(BENCHES) and all(r["exit"] == 0 for r in done.values())
