@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -40,18 +41,45 @@ def wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> bool:
     return False
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group of `proc`, SIGKILL what is left after the grace period."""
-    if proc.poll() is not None:
-        return
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies excluded) in process group `pgid`, read from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat[stat.rfind(")") + 2:].split()[:3]
+        if state != "Z" and int(pgrp) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def stop_group(proc: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM the process group of `proc` (started with `start_new_session`), wait until every
+    process in it has exited, SIGKILL what is left after `grace` seconds.
+
+    Waiting for `proc` alone is not enough: a child of it (the controller's embedded Redis writing
+    its final snapshot) can outlive it by a moment, and a caller that then removes the child's
+    data directory leaves a Redis that cannot save and so refuses to exit."""
+    deadline = time.monotonic() + grace
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     except ProcessLookupError:
         pass
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader: a zombie still counts as a member for kill(2)
+        if not group_members(proc.pid):
+            break
+        time.sleep(0.05)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def start_vllm(model: str, port: int, log_path: str, max_model_len: int = 2048,

@@ -8,6 +8,7 @@ controller restart.
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,14 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _exit_on_sigterm(self) -> list[str]:
+        """Redis >= 7.0: exit on SIGTERM even when the final save fails. By default Redis stays up
+        if it cannot write its snapshot, and one whose data directory was removed under it (a
+        temporary directory cleaned up while it was still shutting down) then never exits."""
+        version = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
+        major = re.search(r"v=(\d+)\.", version)
+        return ["--shutdown-on-sigterm", "force"] if major and int(major.group(1)) >= 7 else []
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +70,7 @@ class EmbeddedRedis:
                 "--protected-mode", "yes",
                 "--daemonize", "no",
                 "--logfile", str(self.data_dir / "redis.log"),
+                *self._exit_on_sigterm(),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

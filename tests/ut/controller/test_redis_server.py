@@ -38,3 +38,23 @@ def test_no_orphan_when_the_owner_is_killed(tmp_path):
         except redis.ConnectionError:
             return
     raise AssertionError("embedded redis-server outlived its owner")
+
+
+def test_exits_on_sigterm_when_its_data_dir_is_gone(tmp_path):
+    """A Redis whose data directory was removed under it cannot write its final snapshot; it must
+    still exit on SIGTERM (by default Redis refuses to, and stays up as an orphan)."""
+    import shutil
+    import signal
+    import subprocess
+
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        redis.Redis.from_url(server.url).set("va:doc:x", "unsaved")
+        shutil.rmtree(tmp_path / "redis")
+        server._proc.send_signal(signal.SIGTERM)
+        try:
+            server._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("redis-server ignored SIGTERM after its data dir went") from None
+    finally:
+        server.stop()
