@@ -291,7 +291,7 @@ def runs(results: Path) -> list[str]:
     resumed = len({r.get("invoked", r["suite_started"]) for r in done.values()}) - 1  # c15c5e7's rows lack it
     commits = sorted({r["commit"] for r in done.values()})
     out = [f"The whole suite ran as one run (`python -m bench all`, started {starts.pop()}"
-           + (f", resumed {resumed} times with `--resume`" if resumed else "")
+           + (f", resumed {'once' if resumed == 1 else f'{resumed} times'} with `--resume`" if resumed else "")
            + f", at {'commits' if len(commits) > 1 else 'commit'} {', '.join(commits)}): {total / 60:.0f} min of benchmarks."
            if whole else "These figures come from more than one run (or some benchmark failed or has not run): "
            "see when each ran.", "", "| benchmark | took | exit | finished (UTC) | run started | commit |",

@@ -57,7 +57,7 @@ def test_report_says_one_run_only_when_every_benchmark_finished_in_it(tmp_path: 
     assert runs(tmp_path)[0].startswith("These figures come from more than one run")
     record(path, BENCHES[-1].name, _entry(start, invoked="2026-01-02T05:00:00+00:00", commit="def5678"))
     line = runs(tmp_path)[0]
-    assert line.startswith("The whole suite ran as one run") and "resumed 1 times" in line, line
+    assert line.startswith("The whole suite ran as one run") and "resumed once" in line, line
     assert "commits abc1234, def5678" in line
     record(path, BENCHES[0].name, _entry(start, exit_code=1))
     assert runs(tmp_path)[0].startswith("These figures come from more than one run")
