@@ -9,7 +9,9 @@ new request, `label` whether serving the stored answer is right. Kinds:
   (small edits that keep the meaning: case, punctuation, filler words, a typo, contractions);
 * should miss (label false): ``negation``, ``number``, ``date``, ``unit``, ``entity`` (a
   capitalised span swapped for another span of the corpus), ``comparison`` (more/less, ...),
-  ``scope`` (all/some, ...), and ``qqp_non_duplicate`` (QQP pairs labelled not duplicate).
+  ``scope`` (all/some, ...), ``order`` (two names or numbers of the question exchanged across
+  a relation: "from Paris to Rome" -> "from Rome to Paris", never across a bare "and"/"or"/"vs"),
+  and ``qqp_non_duplicate`` (QQP pairs labelled not duplicate).
 
 The edits are rules over syntax (regexes over numbers and dates, word lists), applied to any
 prompt they match, never hand-written examples. Sources: QQP questions (../shared/data),
@@ -39,7 +41,8 @@ from bench import data
 SEED = 11
 HELD_BACK = 0.3
 POSITIVE_KINDS = ("paraphrase", "near_repeat")
-NEGATIVE_KINDS = ("negation", "number", "date", "unit", "entity", "comparison", "scope", "qqp_non_duplicate")
+NEGATIVE_KINDS = ("negation", "number", "date", "unit", "entity", "comparison", "scope", "order",
+                  "qqp_non_duplicate")
 CATEGORIES = ("code", "math", "factual", "chat", "time_sensitive")
 
 # Category rules for QQP questions (first match wins), in the spirit of configs/policies.yaml.
@@ -202,6 +205,27 @@ def swap_entity(text: str, rng: random.Random, pool: list[str]) -> str | None:
     return None
 
 
+# Links across which exchanging two parts keeps the question ("Java and Python", "cats vs dogs").
+_SYMMETRIC_LINKS = {"and", "or", "nor", "&", "vs", "vs.", "versus", "v", "v.", "with", "between", "plus",
+                    "the", "a", "an", ",", "/", "-"}
+
+
+def swap_roles(text: str, rng: random.Random) -> str | None:
+    """Exchange two different names or numbers of the question that a relation word separates
+    ("convert 5 USD to EUR" -> "convert 5 EUR to USD"; "Paris and Rome" is left alone)."""
+    options = []
+    for spans in (entity_spans(text), [m for m in _NUMBER.finditer(text) if not _YEAR.fullmatch(m.group(0))]):
+        for i, a in enumerate(spans):
+            for b in spans[i + 1:]:
+                words = re.findall(r"[\w.]+|[^\w\s]", text[a.end(): b.start()].lower())
+                if a.group(0).lower() != b.group(0).lower() and words and not set(words) <= _SYMMETRIC_LINKS:
+                    options.append((a, b))
+    if not options:
+        return None
+    a, b = rng.choice(options)
+    return text[: a.start()] + b.group(0) + text[a.end(): b.start()] + a.group(0) + text[b.end():]
+
+
 def change_comparison(text: str, rng: random.Random) -> str | None:
     return _swap_word(text, _OPPOSITES, rng)
 
@@ -299,6 +323,7 @@ EDITS: dict[str, Callable[..., str | None]] = {
 def generate(seed: int = SEED, per_category: int = 1500, chat: int = 3000) -> Iterator[dict]:
     """All records, deterministic for a seed."""
     rng = random.Random(seed)
+    order_rng = random.Random(f"{seed}:order")  # its own stream: the other kinds' records stay as they were
     pairs = data.qqp_pairs()
     units = qqp_units(pairs)
     items: list[Item] = []
@@ -328,6 +353,9 @@ def generate(seed: int = SEED, per_category: int = 1500, chat: int = 3000) -> It
             out = swap_entity(item.text, rng, pools[cat])
             if out is not None:
                 yield record(item, "entity", out, False)
+            out = swap_roles(item.text, order_rng)
+            if out is not None and out.strip() != item.text.strip():
+                yield record(item, "order", out, False)
     # Labelled QQP pairs: the stored side decides the category; capped per category and label.
     counts: Counter = Counter()
     for i in rng.sample(range(len(pairs)), len(pairs)):

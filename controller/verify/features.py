@@ -3,6 +3,11 @@ comparison and scope words. Two questions that differ in any of these usually wa
 answers however close their embeddings are (sentence encoders barely move on "not", "May 3"
 vs "May 4" or "Austria" vs "Australia"), so the verifier compares these signatures.
 
+Two guards look at more than the word sets: ``order`` (the same words with two parts exchanged
+around a relation: "convert USD to EUR" vs "convert EUR to USD") and ``deixis`` (a question
+pointing at content it does not hold: two users' "how do I solve this problem?" are two
+different problems).
+
 Pure regex and word lists, no model: a few tens of microseconds per text.
 """
 
@@ -110,6 +115,21 @@ to of and or but so please hi hello hey thanks thank yes no ok okay dear mr mrs 
 """.split())
 
 
+# Words between two exchanged parts that make the exchange harmless: "X and Y", "X or Y", "X vs Y".
+_SYMMETRIC = set("and or nor vs versus v with between plus the a an".split())
+
+# A pointer at content the text does not hold: "this problem", "the following code", "my
+# essay", "the question below". A demonstrative or possessive and up to two words before a noun
+# that names a piece of content; "below"/"above" only right after such a noun.
+_CONTENT = (r"(?:problems?|questions?|code|program|snippet|function|script|images?|pictures?|photos?|pic|"
+            r"screenshot|equations?|expression|integral|sentences?|paragraph|passage|text|riddle|puzzle|"
+            r"error|message|query|statement|circuit|diagram|graph|figure|table|video|song|poem|essay|"
+            r"document|file|link|output|example|series|sequence|recursion|proof|situation|scenario|"
+            r"word|phrase|quote|lines?)")
+_DEIXIS = re.compile(rf"\b(?:this|that|these|those|following|attached|given|my|above)\s+(?:[\w'-]+\s+){{0,2}}?"
+                     rf"{_CONTENT}\b|\b{_CONTENT}\s+(?:given\s+)?(?:below|above)\b", re.I)
+
+
 @dataclass(frozen=True)
 class Signature:
     """The parts of a question that must agree for two questions to share an answer."""
@@ -122,6 +142,8 @@ class Signature:
     names: frozenset[str]
     comparison: frozenset[str]
     scope: frozenset[str]
+    sequence: tuple[str, ...]  # the words in order, lower case
+    deictic: bool  # points at content it does not hold
 
 
 def _number(value: str, ordinal: str | None) -> str:
@@ -167,12 +189,34 @@ def signature(text: str) -> Signature:
     comparison = {_COMPARISON[w] for w in words if w in _COMPARISON}
     scope = {_SCOPE[w] for w in words if w in _SCOPE}
     return Signature(frozenset(words), frozenset(numbers), frozenset(dates), frozenset(units), negation,
-                     frozenset(names), frozenset(comparison), frozenset(scope))
+                     frozenset(names), frozenset(comparison), frozenset(scope), tuple(words),
+                     bool(_DEIXIS.search(text)))
 
 
 def _names_mismatch(a: Signature, b: Signature) -> bool:
     """A name on one side must appear (any case) on the other: lower-casing is not a new name."""
     return bool(a.names - b.words) or bool(b.names - a.words)
+
+
+def _exchanged(a: Signature, b: Signature) -> bool:
+    """The same words, with two parts X and Y exchanged around a middle M that is not a symmetric
+    link: P X M Y S vs P Y M X S, M not only "and"/"or"/"vs"... (an exchange of two adjacent
+    parts, M empty, is a moved phrase: "in Python, how do I..." vs "how do I ... in Python")."""
+    x, y = a.sequence, b.sequence
+    if x == y or len(x) != len(y) or sorted(x) != sorted(y):
+        return False
+    start = next(i for i in range(len(x)) if x[i] != y[i])
+    end = next(i for i in range(len(x), 0, -1) if x[i - 1] != y[i - 1])
+    mx, my = x[start:end], y[start:end]
+    n = len(mx)
+    for i in range(1, n - 1):  # X = mx[:i]
+        if my[n - i:] != mx[:i]:
+            continue
+        for j in range(1, n - i):  # Y = mx[n - j:], M = mx[i:n - j]
+            middle = mx[i:n - j]
+            if my[:j] == mx[n - j:] and my[j:n - i] == middle and not set(middle) <= _SYMMETRIC:
+                return True
+    return False
 
 
 GUARDS = {
@@ -183,6 +227,8 @@ GUARDS = {
     "name": _names_mismatch,
     "comparison": lambda a, b: a.comparison != b.comparison,
     "scope": lambda a, b: a.scope != b.scope,
+    "order": _exchanged,
+    "deixis": lambda a, b: a.deictic or b.deictic,
 }
 
 

@@ -31,6 +31,8 @@ CASES = [
      "Which planet is larger than Earth?"),
     ("scope", "Do all birds fly south in winter?", "Do some birds fly south in winter?",
      "Do all birds fly south in winter"),
+    ("order", "How do I convert USD to EUR?", "How do I convert EUR to USD?", "how do I convert USD to EUR"),
+    ("order", "Is a whale bigger than a shark?", "Is a shark bigger than a whale?", "Is a whale bigger than a shark"),
 ]
 
 
@@ -53,6 +55,41 @@ def test_verifiers_score_in_unit_interval_and_guarded_ones_reject(name):
             assert s_pos > s_neg
 
 
+@pytest.mark.parametrize("stored,query", [
+    ("What is the difference between Java and Python?", "What is the difference between Python and Java?"),
+    ("Who is taller, Obama or Trump?", "Who is taller, Trump or Obama?"),
+    ("In Python, how do I sort a list?", "How do I sort a list in Python?"),
+    ("Can I mix bleach with vinegar?", "Can I mix vinegar with bleach?"),
+])
+def test_order_keeps_symmetric_exchanges_and_moved_phrases(stored, query):
+    assert "order" not in mismatches(query, stored)
+
+
+@pytest.mark.parametrize("text,deictic", [
+    ("How do I solve this maths problem?", True),
+    ("What is the output of the following code?", True),
+    ("Can someone proofread my essay?", True),
+    ("How do I answer the question given below?", True),
+    ("What does this error mean?", True),
+    ("What is the weather this week?", False),
+    ("Which countries have temperatures below zero in winter?", False),
+    ("How do I solve quadratic equations?", False),
+])
+def test_deixis_flags_questions_about_absent_content(text, deictic):
+    other = "How do I solve it?"
+    assert ("deixis" in mismatches(text, other)) is deictic
+
+
+@pytest.mark.parametrize("name", list(verify.VERIFIERS))
+def test_a_deictic_question_is_served_only_as_a_repeat(name):
+    """Two users' "this problem" are two problems: only the same text re-typed is served."""
+    v = verify.load(name)
+    stored = "How do I solve this maths problem?"
+    assert verify.score(v, "how do I solve this maths problem", stored, 0.99) == 1.0
+    if name in ("guards", "guarded_learned"):
+        assert verify.score(v, "How do I solve this math problem?", stored, 0.99) == 0.0
+
+
 def test_choose_takes_the_best_accepted_candidate():
     v = verify.load("guards")
     stored = "What is the capital of Austria?"
@@ -70,12 +107,21 @@ def test_guards_on_generated_edits_of_real_prompts():
     questions = [p["a"] for p in hn.data.qqp_pairs(limit=400, seed=1)]
     caught = total = 0
     for q in questions:
-        for edit in (hn.negate, hn.change_number, hn.change_date, hn.change_comparison, hn.change_scope):
+        for edit in (hn.negate, hn.change_number, hn.change_date, hn.change_comparison, hn.change_scope,
+                     hn.swap_roles):
             out = edit(q, rng)
             if out and out != q:
                 total += 1
                 caught += bool(mismatches(out, q))
     assert total > 100 and caught / total > 0.9
+
+
+def test_swap_roles_exchanges_across_a_relation_only():
+    rng = random.Random(0)
+    assert hn.swap_roles("How do I convert 5 USD to EUR?", rng) == "How do I convert 5 EUR to USD?"
+    assert hn.swap_roles("Is Paris bigger than Rome?", rng) == "Is Rome bigger than Paris?"
+    assert hn.swap_roles("What is the difference between Java and Python?", rng) is None
+    assert hn.swap_roles("What is the capital of France?", rng) is None
 
 
 def test_upper_bound_matches_closed_forms():
