@@ -140,10 +140,16 @@ class ControllerHandle(ServedApp):
 
 @pytest.fixture
 def start_controller(redis_server, encoder, policies_path):
-    """Start controllers on the test Redis; all are stopped after the test."""
+    """Start controllers on the test Redis; all are stopped after the test.
+
+    The embedding deadline defaults to 10 s here, not the served 0.1 s: on 2 cores shared with a
+    vLLM engine a query can miss 0.1 s, turn into a cache bypass in the default category, and fail
+    a test about classification, caching or profiles by timing. The deadline itself is tested with
+    its own setting (test_embed_batch)."""
     handles = []
 
     def start(backends, config_path=policies_path, encoder_=None, **settings):
+        settings.setdefault("embed_deadline", 10.0)
         handle = ControllerHandle(config_path, backends, redis_server.url, encoder_ or encoder, **settings)
         handles.append(handle)
         return handle

@@ -215,8 +215,9 @@ def test_brownout_profile_reaches_the_plugin(vllm_server, start_controller, poli
     before = calls()
     reply = ask(ctl.url, "Hello there, how is your day going?", max_tokens=4, **{"vllm_xargs": {}})
     after = calls()
-    assert reply.status_code == 200 and reply.headers["x-adaptive-profile"] == "fast", dict(reply.headers)
-    assert reply.headers["x-cache-category"] == "chat"
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-cache-category"] == "chat" and reply.headers["x-cache"] == "MISS", dict(reply.headers)
+    assert reply.headers["x-adaptive-profile"] == "fast", dict(reply.headers)
     delta = [b - a for a, b in zip(before, after)]
     assert delta[14] == delta[15] == 0 and all(delta[i] > 0 for i in range(30) if i not in (14, 15))
 
