@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import report
+from bench.machine import cpu_flags
 from bench.suite import BENCHES, Bench
 
 
@@ -113,7 +114,8 @@ def main() -> int:
               f"in {seconds:.0f} s", flush=True)
         record(out / "runs.json", bench.name, {"seconds": round(seconds), "exit": code, "finished": _now(),
                                                  "suite_started": started, "invoked": invoked,
-                                                 "commit": commit, "quick": args.quick, "partial": only is not None})
+                                                 "commit": commit, "quick": args.quick, "partial": only is not None,
+                                                 "cpu_flags": cpu_flags()})
         if code != 0:
             failed.append(bench.name)
     target = out / "REPORT.md" if args.quick else Path("bench/REPORT.md")

@@ -63,6 +63,19 @@ def test_report_says_one_run_only_when_every_benchmark_finished_in_it(tmp_path: 
     assert runs(tmp_path)[0].startswith("These figures come from more than one run")
 
 
+def test_run_table_names_each_benchmarks_cpu_and_warns_when_they_differ(tmp_path: Path):
+    path = tmp_path / "runs.json"
+    start = "2026-01-02T00:00:00+00:00"
+    record(path, BENCHES[0].name, _entry(start) | {"cpu_flags": "fma avx2 avx512f avx512_bf16"})
+    record(path, BENCHES[1].name, _entry(start))  # recorded before the field existed
+    table = runs(tmp_path)
+    assert any(BENCHES[0].name in line and line.endswith("| AVX-512 + bf16 |") for line in table)
+    assert any(BENCHES[1].name in line and line.endswith("| not recorded |") for line in table)
+    assert any(line.startswith("The benchmarks ran on more than one CPU") for line in table)
+    record(path, BENCHES[1].name, _entry(start) | {"cpu_flags": "fma avx2 avx512f avx512_bf16"})
+    assert not any(line.startswith("The benchmarks ran on more than one CPU") for line in runs(tmp_path))
+
+
 def test_headline_names_the_winner_of_each_figure_either_way(tmp_path: Path):
     size = {"entries": 100, "fill_seconds": 1.0, "miss": {"p50_ms": 1.0}, "hit": {"p50_ms": 1.0}, "redis_mb": 10.0}
     ours = {"sizes": [size], "tenants": {"served_to_other_tenant_default": False},
