@@ -140,9 +140,14 @@ def negate(text: str, rng: random.Random) -> str | None:
     return None
 
 
+def _numbers(text: str) -> list[re.Match]:
+    """The numbers written in digits that are not years."""
+    return [m for m in _NUMBER.finditer(text) if not _YEAR.fullmatch(m.group(0))]
+
+
 def change_number(text: str, rng: random.Random) -> str | None:
     """Change one number (digits, not a year) or number word to a different value."""
-    nums = [m for m in _NUMBER.finditer(text) if not _YEAR.fullmatch(m.group(0))]
+    nums = _numbers(text)
     if nums:
         m = rng.choice(nums)
         value = float(m.group(0))
@@ -214,7 +219,7 @@ def swap_roles(text: str, rng: random.Random) -> str | None:
     """Exchange two different names or numbers of the question that a relation word separates
     ("convert 5 USD to EUR" -> "convert 5 EUR to USD"; "Paris and Rome" is left alone)."""
     options = []
-    for spans in (entity_spans(text), [m for m in _NUMBER.finditer(text) if not _YEAR.fullmatch(m.group(0))]):
+    for spans in (entity_spans(text), _numbers(text)):
         for i, a in enumerate(spans):
             for b in spans[i + 1:]:
                 words = re.findall(r"[\w.]+|[^\w\s]", text[a.end(): b.start()].lower())

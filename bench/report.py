@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.machine import describe
 from bench.suite import BENCHES
+from vllm_adaptive.cli import NATIVE_BF16_FLAGS
 
 #: result file -> the command that writes it (what the report cites beside each figure)
 COMMANDS = {f"{b.name}.json": b.command() for b in BENCHES if b.name != "hard_negatives"}
@@ -309,10 +310,12 @@ def runs(results: Path) -> list[str]:
 
 
 def _simd(flags: str | None) -> str:
-    """The widest SIMD of a recorded flag list (runs recorded before the field: 'not recorded')."""
+    """The widest SIMD of a recorded flag list, and native bf16 as the launcher decides it
+    (runs recorded before the field: 'not recorded')."""
     if flags is None:
         return "not recorded"
-    return "AVX-512" + (" + bf16" if "avx512_bf16" in flags.split() else "") if "avx512f" in flags.split() else "AVX2"
+    found = set(flags.split())
+    return ("AVX-512" if "avx512f" in found else "AVX2") + (" + bf16" if found & NATIVE_BF16_FLAGS else "")
 
 
 def build(results: Path, link: str = "results/") -> str:
